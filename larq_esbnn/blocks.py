@@ -1,0 +1,280 @@
+"""Every block of the zoo, written once with ES (``tau``) and G (``groups``) as arguments.
+
+With ``tau = groups = 1`` each block is exactly the plain ReActNet / BCDNet block.
+Expanding-and-shrinking (spec section 5): the real-valued stream (residuals, BN,
+RPReLU, LearnableBias) is ``tau * groups`` times wider than the logical width C;
+each binary conv shrinks to ``C_out / tau`` outputs (``C_out / (tau g)`` per
+group) and its output is tiled ``tau^2 g`` times back to the stream width, so
+binary MACs stay ``k^2 C_in C_out H W`` while every output entry sums
+``C_in tau k^2`` binary products.
+
+Functions take a Keras tensor and return one; layer names follow a fixed scheme
+(``b3_conv1``, ``mlp2_long`` ...) that the weight importer and reports rely on.
+"""
+
+from dataclasses import dataclass
+
+import larq as lq
+import tensorflow as tf
+
+from larq_esbnn.layers import (
+    BinaryConv2D,
+    ChannelSplit,
+    ChannelTile,
+    ContextualThresholds,
+    LearnableBias,
+    LongShortShift,
+    RPReLU,
+    SymmetricMaxPool2D,
+    batch_norm,
+)
+
+layers = tf.keras.layers
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Options shared by every block of a model.
+
+    tau: ES expansion factor; groups: binary group conv G; pad_value: 0 (released
+    checkpoints) or 1 (LCE-native) for 3x3 binary convs; symmetric: PyTorch-style
+    stride-2 padding; binary_weights: False for step 1 of the two-step recipe;
+    dynamic: BCDNet-B contextual thresholds on conv-stage binary convs, with
+    reduction ``ratio``; shift_padding: 'circular' or 'zero' for the MLP shifts.
+    """
+
+    tau: int = 1
+    groups: int = 1
+    pad_value: float = 0.0
+    symmetric: bool = True
+    binary_weights: bool = True
+    bn_momentum: float = 0.9
+    dynamic: bool = False
+    ratio: int = 4
+    shift_padding: str = "circular"
+
+    def __post_init__(self):
+        for key in ("tau", "groups"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if self.shift_padding not in ("circular", "zero"):
+            raise ValueError(
+                f"shift_padding must be 'circular' or 'zero', got {self.shift_padding!r}"
+            )
+
+    @property
+    def width(self):
+        """Stream width factor: real-valued channels = logical channels * width."""
+        return self.tau * self.groups
+
+    def bn(self, name):
+        return batch_norm(name=name, momentum=self.bn_momentum)
+
+    def check_channels(self, channels, where):
+        if channels % (self.tau * self.groups):
+            raise ValueError(
+                f"{where}: {channels} channels are not divisible by tau*groups = "
+                f"{self.tau}*{self.groups}; use tau and groups whose product divides "
+                f"every binary conv's output width"
+            )
+
+
+def sign_input(x, cfg, name, out_channels=None):
+    """The input side of one RSign: [dynamic thresholds] then the learnable bias.
+
+    Returns the biased real tensor (binarised inside the following convs) and,
+    with ``cfg.dynamic``, the betas to add to each conv output (else Nones).
+    """
+    n_out = len(out_channels or [])
+    betas = [None] * n_out
+    if cfg.dynamic:
+        alpha, *betas = ContextualThresholds(out_channels, cfg.ratio, name=f"{name}_ctx")(x)
+        x = layers.Subtract(name=f"{name}_ctx_sub")([x, alpha])
+    return LearnableBias(name=f"{name}_move")(x), betas
+
+
+def binary_branch(x, filters, kernel_size, strides, cfg, name, shift=None):
+    """ES/G binary conv: ``C_in tau g`` stream -> ``filters / tau`` -> tile -> ``filters tau g``.
+
+    ``x`` is the biased real-valued stream; the sign happens inside each
+    BinaryConv2D (so LCE sees sign -> conv). ``shift`` applies a long-short
+    shift of that distance to the stream before the sign.
+    """
+    cfg.check_channels(filters, name)
+    if x.shape[-1] % cfg.groups:
+        raise ValueError(f"{name}: {x.shape[-1]} input channels do not split into {cfg.groups} groups")
+    input_quantizer = "approx_sign"
+    if shift is not None:
+        if cfg.shift_padding == "zero":
+            # zero fill must act on the binary tensor: sign first; LCE keeps it float
+            x = lq.quantizers.ApproxSign(name=f"{name}_sign")(x)
+            input_quantizer = None
+        x = LongShortShift(shift, cfg.shift_padding, name=f"{name}_shift")(x)
+    parts = ChannelSplit(cfg.groups, name=f"{name}_split")(x) if cfg.groups > 1 else [x]
+    per_group = filters // (cfg.tau * cfg.groups)
+    outs = [
+        BinaryConv2D(
+            per_group,
+            kernel_size,
+            strides=strides,
+            pad_value=cfg.pad_value,
+            symmetric=cfg.symmetric,
+            binary_weights=cfg.binary_weights,
+            input_quantizer=input_quantizer,
+            name=name if cfg.groups == 1 else f"{name}_g{i}",
+        )(part)
+        for i, part in enumerate(parts)
+    ]
+    y = outs[0] if cfg.groups == 1 else layers.Concatenate(name=f"{name}_concat")(outs)
+    reps = cfg.tau * cfg.tau * cfg.groups
+    return ChannelTile(reps, name=f"{name}_tile")(y) if reps > 1 else y
+
+
+def _add_beta(y, beta, name):
+    return y if beta is None else layers.Add(name=f"{name}_beta")([y, beta])
+
+
+def reactnet_block(x, out_channels, strides, cfg, name):
+    """ReActNet-A block (MobileNet-V1 shaped), spec section 2 / 5.3.
+
+    Part 1: RSign -> binary 3x3 C_in -> C_in (stride s) -> BN, + x (AvgPool 2x2
+    at stride 2) -> RPReLU. Part 2: RSign -> binary 1x1 C_in -> C_out -> BN, + part
+    1 (for C_out = 2 C_in: two 1x1 C_in -> C_in, each with its own BN and residual,
+    concatenated) -> RPReLU.
+    """
+    w = cfg.width
+    in_channels = x.shape[-1] // w
+    if out_channels not in (in_channels, 2 * in_channels):
+        raise ValueError(f"{name}: out_channels must be C_in or 2 C_in, got {in_channels} -> {out_channels}")
+    b, (beta,) = sign_input(x, cfg, f"{name}_1", [in_channels * w])
+    y = binary_branch(b, in_channels, 3, strides, cfg, f"{name}_conv1")
+    y = cfg.bn(f"{name}_bn1")(_add_beta(y, beta, f"{name}_conv1"))
+    shortcut = x if strides == 1 else layers.AveragePooling2D(2, name=f"{name}_pool")(x)
+    x = RPReLU(name=f"{name}_rprelu1")(layers.Add(name=f"{name}_add1")([y, shortcut]))
+
+    if out_channels == in_channels:
+        b, (beta,) = sign_input(x, cfg, f"{name}_2", [in_channels * w])
+        y = binary_branch(b, in_channels, 1, 1, cfg, f"{name}_conv2")
+        y = cfg.bn(f"{name}_bn2")(_add_beta(y, beta, f"{name}_conv2"))
+        y = layers.Add(name=f"{name}_add2")([y, x])
+    else:
+        b, betas = sign_input(x, cfg, f"{name}_2", [in_channels * w] * 2)
+        halves = []
+        for tag, beta in zip("ab", betas):
+            h = binary_branch(b, in_channels, 1, 1, cfg, f"{name}_conv2{tag}")
+            h = cfg.bn(f"{name}_bn2{tag}")(_add_beta(h, beta, f"{name}_conv2{tag}"))
+            halves.append(layers.Add(name=f"{name}_add2{tag}")([h, x]))
+        y = layers.Concatenate(name=f"{name}_concat")(halves)
+    return RPReLU(name=f"{name}_rprelu2")(y)
+
+
+def basic_layer(x, out_channels, strides, cfg, name):
+    """Bi-Real / ReActNet-18 layer: RSign -> binary 3x3 -> BN, + shortcut -> RPReLU.
+
+    The shortcut is ``x``, or AvgPool 2x2 (at stride 2) -> real 1x1 conv -> BN when
+    the stride or width changes (in the ES stream width).
+    """
+    w = cfg.width
+    in_channels = x.shape[-1] // w
+    b, (beta,) = sign_input(x, cfg, name, [out_channels * w])
+    y = binary_branch(b, out_channels, 3, strides, cfg, f"{name}_conv")
+    y = cfg.bn(f"{name}_bn")(_add_beta(y, beta, f"{name}_conv"))
+    shortcut = x
+    if strides != 1 or in_channels != out_channels:
+        if strides != 1:
+            shortcut = layers.AveragePooling2D(strides, name=f"{name}_pool")(shortcut)
+        shortcut = layers.Conv2D(out_channels * w, 1, use_bias=False, name=f"{name}_sc_conv")(shortcut)
+        shortcut = cfg.bn(f"{name}_sc_bn")(shortcut)
+    return RPReLU(name=f"{name}_rprelu")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+
+def mlp_block(x, cfg, name, long_shift=None, point_only=False):
+    """BCDNet binary MLP block (spec 4.1): token-wise binary FCs on shifted tokens.
+
+    RSign -> three binary 1x1 convs C -> C on B, shift(B, 1) and shift(B, d) ->
+    sum -> BN -> + x -> RPReLU, with ``d = H // 2`` unless given. ``point_only``
+    gives the "point block" (pointwise branch alone).
+    """
+    channels = x.shape[-1] // cfg.width
+    cfg.check_channels(channels, name)
+    if x.shape[-1] % 4:
+        raise ValueError(f"{name}: stream channels ({x.shape[-1]}) must be divisible by 4 for the shifts")
+    b = LearnableBias(name=f"{name}_move")(x)
+    y = binary_branch(b, channels, 1, 1, cfg, f"{name}_pw")
+    if not point_only:
+        d = x.shape[1] // 2 if long_shift is None else long_shift
+        short = binary_branch(b, channels, 1, 1, cfg, f"{name}_short", shift=1)
+        long = binary_branch(b, channels, 1, 1, cfg, f"{name}_long", shift=d)
+        y = layers.Add(name=f"{name}_sum")([y, short, long])
+    y = cfg.bn(f"{name}_bn")(y)
+    return RPReLU(name=f"{name}_rprelu")(layers.Add(name=f"{name}_add")([y, x]))
+
+
+def mlp_stage(x, cfg, repeats, shift_blocks, point_blocks, name, long_shift=None):
+    """``repeats`` x [``shift_blocks`` shift blocks + ``point_blocks`` point blocks]."""
+    i = 0
+    for _ in range(repeats):
+        for kind in [False] * shift_blocks + [True] * point_blocks:
+            x = mlp_block(x, cfg, f"{name}{i}", long_shift=long_shift, point_only=kind)
+            i += 1
+    return x
+
+
+def stem_tile(x, cfg, name="stem_tile"):
+    """Replicate the real-valued stem output to the ES/G stream width."""
+    return ChannelTile(cfg.width, name=name)(x) if cfg.width > 1 else x
+
+
+def classifier(x, num_classes, cfg, heads=1, head_channels="all", classifier_activation=None):
+    """Global average pool -> dense (two heads averaged for BCDNet)."""
+    if head_channels == "first" and cfg.width > 1:
+        x = ChannelSplit(cfg.width, name="head_first_copy")(x)[0]
+    elif head_channels not in ("all", "first"):
+        raise ValueError(f"head_channels must be 'all' or 'first', got {head_channels!r}")
+    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    logits = [layers.Dense(num_classes, name="head_fc")(x)]
+    if heads == 2:
+        logits.append(layers.Dense(num_classes, name="head_fc_dist")(x))
+        out = layers.Average(name="head_avg")(logits)
+    elif heads == 1:
+        out = logits[0]
+    else:
+        raise ValueError(f"heads must be 1 or 2, got {heads!r}")
+    if classifier_activation:
+        out = layers.Activation(classifier_activation, name="predictions")(out)
+    return out
+
+
+def mobilenet_stage(x, channels, cfg, name="b"):
+    """ReActNet-A blocks over a channel list (block i maps channels[i-1] -> channels[i]).
+
+    Stride 2 where the width changes, except the first block (32 -> 64, stride 1).
+    """
+    for i in range(1, len(channels)):
+        strides = 2 if (channels[i] != channels[i - 1] and i > 1) else 1
+        x = reactnet_block(x, channels[i], strides, cfg, f"{name}{i}")
+    return x
+
+
+def resnet_stages(x, widths, layers_per_stage, cfg, name="l", first_strides=1, skip_last=0):
+    """Bi-Real style stages of basic layers; stride 2 at the first layer of every
+    stage after the first. ``skip_last`` drops that many layers from the last stage."""
+    i = 0
+    for s, width in enumerate(widths):
+        n = layers_per_stage - (skip_last if s == len(widths) - 1 else 0)
+        for j in range(n):
+            strides = (first_strides if s == 0 else 2) if j == 0 else 1
+            x = basic_layer(x, width, strides, cfg, f"{name}{i}")
+            i += 1
+    return x
+
+
+def resnet18_stem(x, cfg):
+    """7x7/2 real conv (3 -> 64), BN, 3x3/2 max pool, both padded symmetrically
+    as in PyTorch, then ES tiling."""
+    x = layers.ZeroPadding2D(3, name="stem_pad")(x)
+    x = layers.Conv2D(64, 7, strides=2, use_bias=False, name="stem_conv")(x)
+    x = cfg.bn("stem_bn")(x)
+    x = SymmetricMaxPool2D(name="stem_pool")(x)
+    return stem_tile(x, cfg)

@@ -1,0 +1,369 @@
+"""Keras layers of the ReActNet / BCDNet / ES-BNN family.
+
+Every layer is registered as a Keras serialisable object (package
+``larq_esbnn``) and round-trips through ``get_config``. Shapes are NHWC.
+"""
+
+import logging
+from contextlib import contextmanager
+
+import larq as lq
+import tensorflow as tf
+
+from larq_esbnn.quantizers import ACTIVATION_QUANTIZER, ScaledBinaryWeight
+
+_register = tf.keras.utils.register_keras_serializable(package="larq_esbnn")
+
+
+@_register
+class LearnableBias(tf.keras.layers.Layer):
+    r"""ReActNet's "move": \\(y = x + b\\), one trainable \\(b_c\\) per channel, init 0."""
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(
+            name="bias", shape=(input_shape[-1],), initializer="zeros", trainable=True
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs + self.bias
+
+
+@_register
+class RSign(LearnableBias):
+    r"""ReAct-Sign: \\(y = \mathrm{sign}(x + b)\\) with a learnable threshold per channel.
+
+    Backward (Bi-Real polynomial): \\(\partial y / \partial x = 2 - 2|x + b|\\) on
+    \\(|x + b| \le 1\\), else 0. Inside the zoo the sign is applied as the input
+    quantizer of :class:`BinaryConv2D` after a :class:`LearnableBias`, which is
+    the same function and the form LCE turns into a binary conv.
+    """
+
+    def call(self, inputs):
+        return lq.quantizers.get(ACTIVATION_QUANTIZER)(inputs + self.bias)
+
+
+@_register
+class RPReLU(tf.keras.layers.Layer):
+    r"""ReAct-PReLU: \\(y = \mathrm{PReLU}_\beta(x - \gamma) + \zeta\\).
+
+    \\(\gamma, \zeta\\) are learnable per-channel shifts (init 0) and
+    \\(\beta\\) the per-channel negative slope (init 0.25), shared over H and W:
+    \\(\mathrm{PReLU}_\beta(t) = \max(t, 0) + \beta \min(t, 0)\\).
+    """
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        self.bias_in = self.add_weight(name="bias_in", shape=(c,), initializer="zeros")
+        self.slope = self.add_weight(
+            name="slope", shape=(c,), initializer=tf.keras.initializers.Constant(0.25)
+        )
+        self.bias_out = self.add_weight(name="bias_out", shape=(c,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        t = inputs + self.bias_in
+        return tf.nn.relu(t) - self.slope * tf.nn.relu(-t) + self.bias_out
+
+
+@contextmanager
+def _quiet_larq():
+    # larq warns about binary kernels without a kernel constraint; the ReActNet
+    # recipe deliberately uses none (the STE clip lives in the quantizer).
+    logger = logging.getLogger("larq")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@_register
+class BinaryConv2D(lq.layers.QuantConv2D):
+    r"""Binary convolution: sign input, scaled binary kernel, no bias.
+
+    \\[ y = \mathrm{sign}(x) \circledast \big(\alpha \odot \mathrm{sign}(W)\big) \\]
+
+    Arguments beyond ``QuantConv2D``:
+        pad_value: value of the padded border of the *binarised* input for 3x3
+            'same' convs: 0 as in the released PyTorch checkpoints, 1 for the
+            layout LCE maps natively (``pad_values`` in larq).
+        symmetric: at stride 2 on an even size, pad one pixel on *both* sides as
+            PyTorch does (TF 'same' pads 0 before, 1 after). Implemented exactly
+            and LCE-convertibly by flipping H/W of the real-valued input, running
+            a TF-'same' conv with a spatially flipped kernel and flipping back;
+            sign and per-channel biases commute with the flip.
+        binary_weights: False gives step 1 of the two-step recipe (binary
+            activations, real weights); the variables are the same.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        pad_value=0.0,
+        symmetric=True,
+        binary_weights=True,
+        input_quantizer=ACTIVATION_QUANTIZER,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        for key in ("padding", "use_bias", "kernel_quantizer", "pad_values"):
+            kwargs.pop(key, None)
+        if pad_value not in (0, 0.0, 1, 1.0):
+            raise ValueError(f"pad_value must be 0 or 1, got {pad_value!r}")
+        self.symmetric = bool(symmetric)
+        self.binary_weights = bool(binary_weights)
+        with _quiet_larq():
+            super().__init__(
+                filters,
+                kernel_size,
+                strides=strides,
+                padding="same",
+                pad_values=float(pad_value),
+                use_bias=False,
+                input_quantizer=input_quantizer,
+                kernel_quantizer=ScaledBinaryWeight() if self.binary_weights else None,
+                kernel_initializer=kernel_initializer,
+                **kwargs,
+            )
+        self._flip_axes = []
+
+    def build(self, input_shape):
+        self._flip_axes = []
+        if self.symmetric:
+            for axis, (size, stride, k) in enumerate(
+                zip(input_shape[1:3], self.strides, self.kernel_size)
+            ):
+                if stride == 1 or k == 1:
+                    continue
+                if size is None:
+                    raise ValueError(
+                        f"{self.name}: symmetric stride-{stride} padding needs a static "
+                        "spatial size; pass input_shape to the model or symmetric=False"
+                    )
+                if size % 2 == 0 and stride == 2 and k == 3:
+                    self._flip_axes.append(axis)
+                elif stride != 2 or k != 3:
+                    raise ValueError(
+                        f"{self.name}: symmetric padding supports 3x3 kernels at stride "
+                        f"1 or 2, got kernel {self.kernel_size} stride {self.strides}"
+                    )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        if not self._flip_axes:
+            return super().call(inputs)
+        axes = [a + 1 for a in self._flip_axes]
+        return tf.reverse(super().call(tf.reverse(inputs, axes)), axes)
+
+    def convolution_op(self, inputs, kernel):
+        if self._flip_axes:
+            kernel = tf.reverse(kernel, self._flip_axes)
+        return super().convolution_op(inputs, kernel)
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("padding", "use_bias", "kernel_quantizer", "pad_values"):
+            config.pop(key, None)
+        config.update(
+            pad_value=float(self.pad_values),
+            symmetric=self.symmetric,
+            binary_weights=self.binary_weights,
+        )
+        return config
+
+
+@_register
+class ChannelTile(tf.keras.layers.Layer):
+    r"""Whole-block replication along channels (``tf.tile``, not element repeat).
+
+    \\(y_{\dots, c} = x_{\dots, c \bmod C}\\) for \\(c < C \cdot \text{reps}\\).
+    ES uses it to widen a shrunk binary conv output back to the stream width.
+    """
+
+    def __init__(self, reps, **kwargs):
+        super().__init__(**kwargs)
+        if int(reps) < 1:
+            raise ValueError(f"ChannelTile reps must be >= 1, got {reps!r}")
+        self.reps = int(reps)
+
+    def call(self, inputs):
+        if self.reps == 1:
+            return inputs
+        return tf.tile(inputs, [1, 1, 1, self.reps])
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        shape[-1] = shape[-1] * self.reps
+        return tf.TensorShape(shape)
+
+    def get_config(self):
+        return {**super().get_config(), "reps": self.reps}
+
+
+@_register
+class ChannelSplit(tf.keras.layers.Layer):
+    """Split channels into ``groups`` equal consecutive parts (binary group conv G).
+
+    A grouped binary conv is built as split -> one binary conv per group ->
+    concat: each part is an ordinary binary conv for LCE, and TF's grouped conv
+    is ~17x slower to train on CPU.
+    """
+
+    def __init__(self, groups, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        if c % self.groups:
+            raise ValueError(f"{self.name}: {c} channels do not split into {self.groups} groups")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return tf.split(inputs, self.groups, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        shape[-1] = shape[-1] // self.groups
+        return [tf.TensorShape(shape)] * self.groups
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
+
+
+def _shift(x, k, axis, mode):
+    if mode == "circular":
+        return tf.roll(x, shift=k, axis=axis)
+    size = x.shape[axis]
+    pad = [[0, 0]] * 4
+    if k >= 0:
+        pad[axis] = [k, 0]
+        begin = 0
+    else:
+        pad[axis] = [0, -k]
+        begin = -k
+    padded = tf.pad(x, pad)
+    return tf.gather(padded, tf.range(begin, begin + size), axis=axis)
+
+
+@_register
+class LongShortShift(tf.keras.layers.Layer):
+    r"""BCDNet's token shift: four channel quarters moved by ``+-k`` along H and W.
+
+    With quarters \\(x^{(0..3)}\\): \\(y^{(0)}_{h,w} = x^{(0)}_{h-k,w}\\),
+    \\(y^{(1)}_{h,w} = x^{(1)}_{h+k,w}\\), \\(y^{(2)}_{h,w} = x^{(2)}_{h,w-k}\\),
+    \\(y^{(3)}_{h,w} = x^{(3)}_{h,w+k}\\). ``padding="circular"`` wraps around
+    (released code); ``"zero"`` fills with zeros (paper text). A circular shift
+    commutes with per-channel bias and sign, so the zoo shifts the real-valued
+    tensor before the sign, which keeps the following conv binary in LCE.
+    """
+
+    def __init__(self, shift, padding="circular", **kwargs):
+        super().__init__(**kwargs)
+        if padding not in ("circular", "zero"):
+            raise ValueError(f"padding must be 'circular' or 'zero', got {padding!r}")
+        self.shift = int(shift)
+        self.padding = padding
+
+    def build(self, input_shape):
+        if input_shape[-1] % 4:
+            raise ValueError(
+                f"{self.name}: channels ({input_shape[-1]}) must be divisible by 4 "
+                "(one quarter per shift direction)"
+            )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        k = self.shift
+        q = tf.split(inputs, 4, axis=-1)
+        return tf.concat(
+            [
+                _shift(q[0], k, 1, self.padding),
+                _shift(q[1], -k, 1, self.padding),
+                _shift(q[2], k, 2, self.padding),
+                _shift(q[3], -k, 2, self.padding),
+            ],
+            axis=-1,
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "shift": self.shift, "padding": self.padding}
+
+
+@_register
+class ContextualThresholds(tf.keras.layers.Layer):
+    r"""BCDNet-B's input-dependent thresholds (section 4.3 of the spec, inferred).
+
+    For a binary conv with input \\(A \in \mathbb{R}^{H\times W\times C_{in}}\\):
+    \\[
+    e = W_1\,\mathrm{GAP}(A) + b_1 \in \mathbb{R}^{C_{in}/r},\quad
+    \alpha = W_2 e + b_2 \in \mathbb{R}^{C_{in}},\quad
+    \beta = W_3 e + b_3 \in \mathbb{R}^{C_{out}}
+    \\]
+    and the conv computes \\(\mathrm{BN}(\mathrm{sign}(A - \alpha) \circledast W + \beta)\\).
+    ``out_channels`` may be a list when one sign feeds several convs (one beta each).
+    \\(W_2, W_3\\) and all biases start at zero, so a fresh layer returns
+    \\(\alpha = \beta = 0\\) and the wrapped block computes exactly its static
+    (BCDNet-A) output. Returns ``[alpha, beta_1, ...]`` shaped (N, 1, 1, C).
+    """
+
+    def __init__(self, out_channels, ratio=4, **kwargs):
+        super().__init__(**kwargs)
+        if int(ratio) < 1:
+            raise ValueError(f"ratio must be >= 1, got {ratio!r}")
+        # one beta per binary conv fed by this sign (ReActNet-A's downsampling part 2 has two)
+        self.out_channels = [int(c) for c in (out_channels if isinstance(out_channels, (list, tuple)) else [out_channels])]
+        self.ratio = int(ratio)
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        if c % self.ratio:
+            raise ValueError(f"{self.name}: {c} channels not divisible by ratio {self.ratio}")
+        e = c // self.ratio
+        self.w1 = self.add_weight(name="w1", shape=(c, e), initializer="glorot_uniform")
+        self.b1 = self.add_weight(name="b1", shape=(e,), initializer="zeros")
+        self.w2 = self.add_weight(name="w2", shape=(e, c), initializer="zeros")
+        self.b2 = self.add_weight(name="b2", shape=(c,), initializer="zeros")
+        total = sum(self.out_channels)
+        self.w3 = self.add_weight(name="w3", shape=(e, total), initializer="zeros")
+        self.b3 = self.add_weight(name="b3", shape=(total,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        e = tf.reduce_mean(inputs, axis=[1, 2]) @ self.w1 + self.b1
+        alpha = e @ self.w2 + self.b2
+        beta = e @ self.w3 + self.b3
+        betas = tf.split(beta, self.out_channels, axis=-1) if len(self.out_channels) > 1 else [beta]
+        return [alpha[:, None, None, :]] + [b[:, None, None, :] for b in betas]
+
+    def compute_output_shape(self, input_shape):
+        n = input_shape[0]
+        return [tf.TensorShape([n, 1, 1, input_shape[-1]])] + [
+            tf.TensorShape([n, 1, 1, c]) for c in self.out_channels
+        ]
+
+    def get_config(self):
+        return {**super().get_config(), "out_channels": self.out_channels, "ratio": self.ratio}
+
+
+@_register
+class SymmetricMaxPool2D(tf.keras.layers.Layer):
+    """3x3 / stride-2 max pool padded one pixel on both sides (PyTorch ``padding=1``).
+
+    TF 'same' pads (0, 1) on even sizes; flipping H and W around it gives the
+    symmetric result exactly, because the max is symmetric in its window.
+    """
+
+    def call(self, inputs):
+        flipped = tf.reverse(inputs, [1, 2])
+        pooled = tf.nn.max_pool2d(flipped, 3, 2, "SAME")
+        return tf.reverse(pooled, [1, 2])
+
+
+def batch_norm(name=None, momentum=0.9):
+    """BatchNorm with the PyTorch defaults (epsilon 1e-5, momentum 0.9 in Keras terms)."""
+    return tf.keras.layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name=name)

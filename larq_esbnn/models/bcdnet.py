@@ -1,0 +1,143 @@
+"""BCDNet-A / -B (MobileNet backbone) and their ResNet-18 variants; ES on BCDNet.
+
+Spec section 4. BCDNet-A = ReActNet-A on a shorter channel list + a binary MLP
+stage of long-short range shift blocks at 7x7; BCDNet-B adds input-dependent
+(contextual) thresholds to every binary conv of the convolutional stage.
+"""
+
+import tensorflow as tf
+
+from larq_esbnn import blocks
+from larq_esbnn.models.common import check_num_classes, finish, model_input
+from larq_esbnn.models.registry import register_model, register_variant
+
+layers = tf.keras.layers
+
+BCDNET_A_CHANNELS = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 1024]
+
+
+@register_model("bcdnet_a", "BCDNet-A: ReActNet-A backbone + long-short range binary MLP stage (71.8 % reported)")
+def bcdnet_a(
+    *,
+    input_shape=None,
+    input_tensor=None,
+    weights=None,
+    include_top=True,
+    num_classes=1000,
+    tau=1,
+    groups=1,
+    dynamic=False,
+    ratio=4,
+    shift_padding="circular",
+    long_shift=None,
+    mlp_repeats=3,
+    shift_blocks=3,
+    point_blocks=1,
+    heads=2,
+    pad_value=0.0,
+    symmetric=True,
+    binary_weights=True,
+    bn_momentum=0.9,
+    head_channels="all",
+    classifier_activation=None,
+    name="bcdnet_a",
+):
+    """BCDNet-A (Xing et al., ECCV 2022); ``dynamic=True`` gives BCDNet-B.
+
+    Stem as ReActNet-A, 10 ReActNet blocks over ``BCDNET_A_CHANNELS`` (stride 2
+    where the width changes), then ``mlp_repeats`` x [``shift_blocks`` shift
+    blocks + ``point_blocks`` point blocks] at 1024 x 7 x 7 (long shift
+    ``H // 2`` = 3 at 224 unless ``long_shift``), GAP, two dense heads
+    (classification and distillation) averaged; ``heads=1`` keeps one.
+
+    Trainable parameters (224, 1000 classes, two heads): 46,146,384 for tau=1
+    (the released definition). ``dynamic=True`` adds per conv-stage sign
+    ``C_in^2/r + C_in/r`` (W1, b1) + ``C_in^2/r + C_in`` (W2, b2) +
+    ``C_out C_in/r + C_out`` (W3, b3). ``tau=2`` (es_bcdnet_a, a new combination)
+    keeps every binary kernel's size and doubles the real-valued per-channel
+    parameters and the head inputs.
+    """
+    check_num_classes(name, num_classes)
+    cfg = blocks.BlockConfig(
+        tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
+        binary_weights=binary_weights, bn_momentum=bn_momentum, dynamic=dynamic,
+        ratio=ratio, shift_padding=shift_padding,
+    )
+    x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
+    x = layers.ZeroPadding2D(1, name="stem_pad")(x)
+    x = layers.Conv2D(32, 3, strides=2, use_bias=False, name="stem_conv")(x)
+    x = cfg.bn("stem_bn")(x)
+    x = blocks.stem_tile(x, cfg)
+    x = blocks.mobilenet_stage(x, BCDNET_A_CHANNELS, cfg)
+    mlp_cfg = blocks.BlockConfig(**{**cfg.__dict__, "dynamic": False})
+    x = blocks.mlp_stage(x, mlp_cfg, mlp_repeats, shift_blocks, point_blocks, "mlp", long_shift)
+    if include_top:
+        x = blocks.classifier(x, num_classes, cfg, heads, head_channels, classifier_activation)
+    return finish(inputs, x, name, weights)
+
+
+bcdnet_b = register_variant(
+    "bcdnet_b", bcdnet_a, "BCDNet-B: BCDNet-A + dynamic contextual thresholds, r=4 (72.3 % reported)", dynamic=True
+)
+es_bcdnet_a = register_variant(
+    "es_bcdnet_a", bcdnet_a, "ES-BCDNet-A: BCDNet-A with expanding-and-shrinking, tau=2 (new combination, no paper figure)", tau=2
+)
+
+
+@register_model("bcdnet_a_18", "BCDNet-A on ReActNet-18: last 3 layers of stage 4 -> binary MLP blocks (66.9 % reported)")
+def bcdnet_a_18(
+    *,
+    input_shape=None,
+    input_tensor=None,
+    weights=None,
+    include_top=True,
+    num_classes=1000,
+    tau=1,
+    groups=1,
+    dynamic=False,
+    ratio=4,
+    shift_padding="circular",
+    long_shift=None,
+    mlp_repeats=3,
+    shift_blocks=3,
+    point_blocks=1,
+    heads=2,
+    pad_value=0.0,
+    symmetric=True,
+    binary_weights=True,
+    bn_momentum=0.9,
+    head_channels="all",
+    classifier_activation=None,
+    name="bcdnet_a_18",
+):
+    """BCDNet on ReActNet-18 (spec 4.4, *inferred*: no released code).
+
+    ReActNet-18 up to the downsampling layer of stage 4, then the MLP stage at
+    512 x 7 x 7 (default 3 x [3 shift + 1 point], as BCDNet-A: 9 MLP blocks
+    replace the last three conv layers), GAP and two heads (``heads``).
+    ``dynamic=True`` (bcdnet_b_18) adds contextual thresholds to the conv layers.
+
+    Trainable parameters: ReActNet-18's 11,704,424 minus the three removed layers
+    (3 x (9*512*512 + 4*512) = 7,083,008) plus 12 MLP blocks (shift block:
+    3*512*512 + 4*512; point block: 512*512 + 4*512), plus 513,000 for the
+    second head (pinned in the tests).
+    """
+    check_num_classes(name, num_classes)
+    cfg = blocks.BlockConfig(
+        tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
+        binary_weights=binary_weights, bn_momentum=bn_momentum, dynamic=dynamic,
+        ratio=ratio, shift_padding=shift_padding,
+    )
+    x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
+    x = blocks.resnet18_stem(x, cfg)
+    x = blocks.resnet_stages(x, [64, 128, 256, 512], 4, cfg, skip_last=3)
+    mlp_cfg = blocks.BlockConfig(**{**cfg.__dict__, "dynamic": False})
+    x = blocks.mlp_stage(x, mlp_cfg, mlp_repeats, shift_blocks, point_blocks, "mlp", long_shift)
+    if include_top:
+        x = blocks.classifier(x, num_classes, cfg, heads, head_channels, classifier_activation)
+    return finish(inputs, x, name, weights)
+
+
+bcdnet_b_18 = register_variant(
+    "bcdnet_b_18", bcdnet_a_18, "BCDNet-B on ReActNet-18: + dynamic contextual thresholds (67.9 % reported)", dynamic=True
+)

@@ -1,0 +1,73 @@
+"""One registry of model names (timm style): ``name`` or ``name.tag`` (tag = weights).
+
+Each entry holds the factory, its default arguments and a one-line description;
+weight files and their sha256 live in :mod:`larq_esbnn.weights`.
+"""
+
+import fnmatch
+import functools
+from dataclasses import dataclass, field
+
+_MODELS = {}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: object
+    description: str
+    defaults: dict = field(default_factory=dict)
+    input_size: int = 224
+
+    def build(self, **kwargs):
+        return self.factory(**{**self.defaults, **kwargs, "name": self.name})
+
+
+def register_model(name, description, input_size=224, **defaults):
+    """Decorator: register ``fn`` under ``name`` (with ``defaults`` applied)."""
+
+    def deco(fn):
+        _MODELS[name] = ModelEntry(name, fn, description, dict(defaults), input_size)
+        return fn
+
+    return deco
+
+
+def register_variant(name, base, description, input_size=224, **defaults):
+    """Register ``base`` with other defaults (``es_reactnet_a`` = ``reactnet_a(tau=2)``)
+    and return a public keyword-only factory for it."""
+
+    @functools.wraps(base)
+    def factory(**kwargs):
+        return base(**{**defaults, "name": name, **kwargs})
+
+    factory.__name__ = factory.__qualname__ = name
+    args = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+    factory.__doc__ = f"{description}\n\n``{base.__name__}({args})``; see :func:`{base.__module__}.{base.__name__}`."
+    _MODELS[name] = ModelEntry(name, base, description, dict(defaults), input_size)
+    return factory
+
+
+def names(pattern="*"):
+    """Registered model names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def entry(name):
+    """The :class:`ModelEntry` of ``name`` (a ``.tag`` suffix is ignored)."""
+    base = name.split(".", 1)[0]
+    if base not in _MODELS:
+        close = [n for n in _MODELS if base.split("_")[0] in n] or names()
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(close)}")
+    return _MODELS[base]
+
+
+def get(name, **kwargs):
+    """Build a registered model: ``get("es_resnet20", weights="cifar10")`` or
+    ``get("es_resnet20.cifar10")``."""
+    base, _, tag = name.partition(".")
+    if tag:
+        if kwargs.get("weights") not in (None, tag):
+            raise ValueError(f"{name!r} names weights {tag!r} but weights={kwargs['weights']!r} was given")
+        kwargs["weights"] = tag
+    return entry(base).build(**kwargs)

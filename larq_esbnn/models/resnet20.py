@@ -1,0 +1,64 @@
+"""CIFAR-10 ResNet-20 family (spec section 6): baseline, ES, G and ES+G.
+
+``es_resnet20`` = ``resnet20(tau=2)``, ``g_resnet20`` = ``resnet20(groups=2)``,
+``es_g_resnet20`` = ``resnet20(tau=2, groups=2)``.
+"""
+
+import tensorflow as tf
+
+from larq_esbnn import blocks
+from larq_esbnn.models.common import check_num_classes, finish, model_input
+from larq_esbnn.models.registry import register_model, register_variant
+
+layers = tf.keras.layers
+
+
+@register_model("resnet20", "ReActNet-style binary ResNet-20 for 32x32 images (CIFAR-10)", input_size=32)
+def resnet20(
+    *,
+    input_shape=None,
+    input_tensor=None,
+    weights=None,
+    include_top=True,
+    num_classes=10,
+    tau=1,
+    groups=1,
+    pad_value=0.0,
+    symmetric=True,
+    binary_weights=True,
+    bn_momentum=0.9,
+    head_channels="all",
+    classifier_activation=None,
+    name="resnet20",
+):
+    """Binary ResNet-20: real 3x3 stem 3 -> 16 + BN, three stages (16, 32, 64) of
+    6 basic layers (18 binary 3x3 convs), stride 2 at the first layer of stages 2
+    and 3 (AvgPool + real 1x1 + BN shortcut), GAP -> dense.
+
+    Trainable parameters (10 classes): the binary 3x3 kernels total
+    9 (16*16*6 + 16*32 + 32*32*5 + 32*64 + 64*64*5) = 267,264 whatever tau and
+    groups are (ES: C_in tau x C_out / tau; G: g groups of C_in tau x C_out/(tau g));
+    everything real-valued scales with the stream width tau*g: per-channel
+    parameters linearly, the two 1x1 shortcuts quadratically, the head input
+    64 tau g. Counts per variant are pinned in the tests.
+    """
+    check_num_classes(name, num_classes)
+    cfg = blocks.BlockConfig(
+        tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
+        binary_weights=binary_weights, bn_momentum=bn_momentum,
+    )
+    x, inputs = model_input(name, input_shape, input_tensor, 32, 4, 8)
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem_conv")(x)
+    x = cfg.bn("stem_bn")(x)
+    x = blocks.stem_tile(x, cfg)
+    x = blocks.resnet_stages(x, [16, 32, 64], 6, cfg)
+    if include_top:
+        x = blocks.classifier(x, num_classes, cfg, 1, head_channels, classifier_activation)
+    return finish(inputs, x, name, weights)
+
+
+es_resnet20 = register_variant("es_resnet20", resnet20, "ResNet-20 with expanding-and-shrinking, tau=2", 32, tau=2)
+g_resnet20 = register_variant("g_resnet20", resnet20, "ResNet-20 with binary group convs, groups=2", 32, groups=2)
+es_g_resnet20 = register_variant(
+    "es_g_resnet20", resnet20, "ResNet-20 with ES (tau=2) and G (groups=2)", 32, tau=2, groups=2
+)
