@@ -1,0 +1,242 @@
+"""Data sets for training, fine-tuning and evaluation.
+
+``--data`` is a TFDS name (``cifar10``, ``imagenet2012``, ``caltech_birds2011``,
+``oxford_flowers102``, ``stanford_dogs``, ``cars196`` ...) or an image-folder
+directory ``DIR/{train,test}/<class>/*.jpg``; a directory holding
+``train.tar.gz`` / ``test.tar.gz`` of that layout is extracted once into the cache.
+
+Small images (<= 64 px, e.g. CIFAR-10) are decoded once and cached as uint8
+arrays (``.npy``); larger ones stream from disk with parallel decoding. Every
+random choice (order, crop, flip) is a stateless function of (seed, epoch,
+index), so epoch ``e`` sees the same batches whether or not the run was
+resumed.
+"""
+
+import hashlib
+import os
+import pathlib
+import tarfile
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+AUTOTUNE = tf.data.AUTOTUNE
+MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
+STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
+SPLIT_ALIASES = {"test": ("test", "validation", "val"), "train": ("train",)}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def cache_dir():
+    root = os.environ.get("LARQ_ESBNN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "larq_esbnn"))
+    return pathlib.Path(root)
+
+
+def normalize(images):
+    """uint8 / float RGB in [0, 255] -> float32 normalised with the ImageNet mean/std
+    (the convention of the released PyTorch checkpoints)."""
+    return (tf.cast(images, tf.float32) - MEAN) / STD
+
+
+@dataclass
+class Split:
+    """One split of a data set: either in-memory arrays or a list of files."""
+
+    num_classes: int
+    class_names: list
+    images: np.ndarray = None  # uint8 N x H x W x 3 (small images)
+    files: list = None  # paths (large images)
+    labels: np.ndarray = None
+    tfds: object = None  # tf.data of (image, label) from TFDS
+
+    def subset(self, limit, seed=0):
+        """A fixed random subset of ``limit`` examples (all classes represented), or self."""
+        if not limit or limit >= len(self) or self.labels is None:
+            return self
+        keep = np.sort(np.random.default_rng(seed).permutation(len(self.labels))[:limit])
+        return Split(
+            self.num_classes, self.class_names,
+            images=None if self.images is None else self.images[keep],
+            files=None if self.files is None else [self.files[i] for i in keep],
+            labels=self.labels[keep],
+        )
+
+    def __len__(self):
+        if self.labels is not None:
+            return len(self.labels)
+        return int(self.tfds.cardinality().numpy())
+
+
+def _extract_archives(root):
+    """If ``root`` holds ``train.tar.gz`` / ``test.tar.gz`` but no folders, extract them once."""
+    archives = sorted(root.glob("*.tar.gz"))
+    if not archives or (root / "train").is_dir():
+        return root
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    target = cache_dir() / "extracted" / f"{root.name}-{digest}"
+    done = target / ".complete"
+    if not done.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for archive in archives:
+            print(f"extracting {archive} -> {target}")
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="data")
+        done.write_text("ok")
+    return target
+
+
+def _folder_split(root, split):
+    root = _extract_archives(pathlib.Path(root))
+    for name in SPLIT_ALIASES.get(split, (split,)):
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"no '{split}' folder in {root}; expected {root}/{split}/<class>/*.jpg")
+
+
+def _list_folder(folder):
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{folder} has no class sub-folders")
+    files, labels = [], []
+    for index, name in enumerate(classes):
+        for path in sorted((folder / name).iterdir()):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(str(path))
+                labels.append(index)
+    if not files:
+        raise FileNotFoundError(f"{folder} has class folders but no images ({IMAGE_EXTENSIONS})")
+    return classes, files, np.array(labels, np.int32)
+
+
+def _decode_all(files):
+    """Decode every image once (progress bar); returns uint8 N x H x W x 3."""
+    ds = tf.data.Dataset.from_tensor_slices(files).map(
+        lambda f: tf.io.decode_image(tf.io.read_file(f), channels=3, expand_animations=False),
+        num_parallel_calls=AUTOTUNE,
+    )
+    first = next(iter(ds.take(1))).shape
+    out = np.empty((len(files), *first), np.uint8)
+    for i, image in enumerate(tqdm(ds.as_numpy_iterator(), total=len(files), desc="decoding", unit="img")):
+        if image.shape != first:
+            raise ValueError(f"{files[i]} is {image.shape}, expected {first} like the first image")
+        out[i] = image
+    return out
+
+
+def load_folder(root, split, small_size=64):
+    folder = _folder_split(root, split)
+    classes, files, labels = _list_folder(folder)
+    probe = tf.io.decode_image(tf.io.read_file(files[0]), channels=3, expand_animations=False)
+    if max(probe.shape[:2]) > small_size:
+        return Split(len(classes), classes, files=files, labels=labels)
+    key = hashlib.sha256(("\n".join(files) + str(os.path.getmtime(files[-1]))).encode()).hexdigest()[:16]
+    cached = cache_dir() / "arrays" / f"{folder.parent.name}-{split}-{key}.npy"
+    if cached.exists():
+        images = np.load(cached)
+    else:
+        images = _decode_all(files)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npy")
+        np.save(tmp, images)
+        os.replace(tmp, cached)
+    return Split(len(classes), classes, images=images, labels=labels)
+
+
+def load_tfds(name, split, data_dir=None):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare()
+    splits = builder.info.splits
+    for candidate in SPLIT_ALIASES.get(split, (split,)):
+        if candidate in splits:
+            break
+    else:
+        raise ValueError(f"TFDS {name!r} has no {split!r} split; it has {sorted(splits)}")
+    ds = builder.as_dataset(split=candidate, as_supervised=True, shuffle_files=False)
+    label = builder.info.features["label"]
+    return Split(label.num_classes, list(label.names), tfds=ds)
+
+
+def load(data, split, data_dir=None):
+    """A :class:`Split` of ``data`` (a folder path or a TFDS name)."""
+    if os.path.isdir(str(data)):
+        return load_folder(data, split)
+    if os.path.sep in str(data) or str(data).startswith("."):
+        raise FileNotFoundError(f"data folder {data!r} does not exist")
+    return load_tfds(str(data), split, data_dir)
+
+
+def _augment(image, size, seed):
+    """Stateless training augmentation: pad-crop + flip at <= 64 px, random-resized
+    crop + flip above."""
+    s1, s2 = seed + [0, 1], seed + [0, 2]
+    if size <= 64:
+        pad = size // 8
+        image = tf.image.resize_with_crop_or_pad(image, size + 2 * pad, size + 2 * pad)
+        image = tf.image.stateless_random_crop(image, [size, size, 3], seed=s1)
+    else:
+        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), tf.zeros([1, 0, 4]), seed=s1, min_object_covered=0.0,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), use_image_if_no_bounding_boxes=True,
+        )
+        image = tf.image.resize(tf.slice(image, begin, extent), [size, size])
+    return tf.image.stateless_random_flip_left_right(image, seed=s2)
+
+
+def _center(image, size):
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    if size <= 64:
+        return tf.image.resize(image, [size, size])
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = (size / 0.875) / tf.reduce_min(shape)
+    image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
+    return tf.image.resize_with_crop_or_pad(image, size, size)
+
+
+def _source(split):
+    if split.images is not None:
+        return tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    if split.files is not None:
+        def read(path, label):
+            raw = tf.io.read_file(path)
+            return tf.io.decode_image(raw, channels=3, expand_animations=False), label
+
+        return tf.data.Dataset.from_tensor_slices((split.files, split.labels)).map(read, num_parallel_calls=AUTOTUNE)
+    return split.tfds
+
+
+def dataset(split, size, batch_size, training, seed=0, epoch=0, limit=None):
+    """Batched, normalised ``(image, one-hot label)``; ``training`` adds a
+    deterministic per-epoch shuffle and augmentation, and drops the last partial batch.
+    ``limit`` keeps a fixed random subset of that many examples."""
+    split = split.subset(limit)
+    n = len(split)
+    if split.images is not None:
+        # in-memory arrays: a numpy permutation per (seed, epoch) is cheap and exact
+        order = np.random.default_rng([seed, epoch]).permutation(n) if training else np.arange(n)
+        ds = tf.data.Dataset.from_tensor_slices(
+            (order.astype(np.int64), (split.images[order], split.labels[order]))
+        )
+    else:
+        ds = tf.data.Dataset.zip((tf.data.Dataset.range(n), _source(split).take(n)))
+        if training:
+            ds = ds.shuffle(min(n, 10_000), seed=seed * 1000 + epoch, reshuffle_each_iteration=False)
+
+    num_classes = split.num_classes
+
+    def prepare(index, example):
+        image, label = example
+        image = tf.cast(image, tf.float32)
+        if training:
+            image = _augment(image, size, tf.stack([tf.cast(seed * 100003 + epoch, tf.int64), index]))
+        else:
+            image = _center(image, size)
+        image = tf.ensure_shape(image, [size, size, 3])
+        return normalize(image), tf.one_hot(tf.cast(label, tf.int32), num_classes)
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)

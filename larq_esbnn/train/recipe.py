@@ -1,0 +1,114 @@
+"""Experiment recipes: one TOML file per experiment in ``training/``.
+
+A recipe names the model and its arguments, the data, and the steps of the
+two-step BNN recipe (spec 4.5): step 1 binary activations with real weights,
+step 2 binary weights and activations initialised from step 1. Example::
+
+    model = "resnet20"
+    data = "../shared/datasets/cifar10"
+    image_size = 32
+    batch_size = 128
+    label_smoothing = 0.1
+    teacher = ""            # Keras model file or "" for none
+
+    [[steps]]               # step 1
+    epochs = 10
+    binary_weights = false
+    lr = 2e-3
+    weight_decay = 1e-2
+    warmup_epochs = 1
+
+    [[steps]]               # step 2
+    epochs = 10
+    lr = 5e-4
+    weight_decay = 0.0
+"""
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Step:
+    epochs: int
+    lr: float
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    binary_weights: bool = True
+
+
+@dataclass
+class Recipe:
+    model: str
+    data: str
+    model_args: dict = field(default_factory=dict)
+    image_size: int = 0  # 0: the model's default input size
+    batch_size: int = 256
+    seed: int = 0
+    label_smoothing: float = 0.1
+    teacher: str = ""
+    distill_weight: float = 0.5
+    steps: list = field(default_factory=list)
+    train_limit: int = 0  # use only the first N training images (0: all)
+    test_limit: int = 0
+
+    @classmethod
+    def from_dict(cls, raw):
+        raw = dict(raw)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe keys {unknown}; allowed: {sorted(known)}")
+        raw["steps"] = [s if isinstance(s, Step) else Step(**s) for s in raw.get("steps", [])]
+        recipe = cls(**raw)
+        recipe.validate()
+        return recipe
+
+    @classmethod
+    def load(cls, path):
+        with open(path, "rb") as f:
+            return cls.from_dict(tomllib.load(f))
+
+    def validate(self):
+        if not self.steps:
+            raise ValueError("a recipe needs at least one [[steps]] entry")
+        for i, step in enumerate(self.steps):
+            if step.epochs < 0 or step.lr <= 0:
+                raise ValueError(f"step {i + 1}: epochs must be >= 0 and lr > 0, got {step}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+
+    def with_epochs(self, total):
+        """Spread ``total`` epochs over the steps: the two-step recipe gives step 1
+        ``total // 2`` and step 2 the rest (1 epoch -> step 2 only)."""
+        if total < 1:
+            raise ValueError(f"--epochs must be >= 1, got {total}")
+        steps = [dataclasses.replace(s) for s in self.steps]
+        if len(steps) == 1:
+            steps[0].epochs = total
+        else:
+            first = total // len(steps)
+            for s in steps[:-1]:
+                s.epochs = first
+            steps[-1].epochs = total - first * (len(steps) - 1)
+        return dataclasses.replace(self, steps=steps)
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def default_recipe(model, data):
+    """The reference two-step recipe (spec 4.5) with batch and lr for small data sets."""
+    return Recipe(
+        model=model,
+        data=data,
+        batch_size=128,
+        steps=[
+            Step(epochs=1, lr=2e-3, weight_decay=1e-2, warmup_epochs=0.5, binary_weights=False),
+            Step(epochs=1, lr=5e-4, weight_decay=0.0),
+        ],
+    )

@@ -1,0 +1,426 @@
+"""Resumable training on tf.distribute: the two-step recipe, distillation, fine-tuning.
+
+Output folder layout (``DIR``)::
+
+    recipe.json        the resolved recipe
+    state/             atomic checkpoints (model + optimizer) and latest.json
+    step1_weights.h5   end of each step (step 2 starts from step 1's)
+    weights.h5         final weights, loadable with ``weights=DIR/weights.h5``
+    log.csv, tensorboard/, curves.png, metrics.json
+"""
+
+import json
+import math
+import os
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from larq_esbnn import models
+from larq_esbnn.train import data as data_lib
+from larq_esbnn.train.recipe import Recipe
+
+NO_DECAY = ["bias", "gamma", "beta", "slope", "moving_"]
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def choose_strategy(name="auto"):
+    """``auto``: MultiWorkerMirroredStrategy from TF_CONFIG, MirroredStrategy with
+    several GPUs, else the default strategy. ``mirrored`` uses every logical device."""
+    if name == "auto":
+        if os.environ.get("TF_CONFIG"):
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        if len(tf.config.list_logical_devices("GPU")) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")
+        ]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    raise ValueError(f"strategy must be auto, mirrored or default, got {name!r}")
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_esbnn")
+class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then cosine to 0."""
+
+    def __init__(self, peak, total, warmup=0):
+        self.peak, self.total, self.warmup = float(peak), int(total), int(warmup)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * step / max(self.warmup, 1)
+        progress = (step - self.warmup) / max(self.total - self.warmup, 1)
+        cosine = 0.5 * self.peak * (1 + tf.cos(math.pi * tf.clip_by_value(progress, 0.0, 1.0)))
+        return tf.where(step < self.warmup, warm, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
+
+
+def head_logits(student):
+    """The logits used for training: [classification, distillation] for two-head
+    models, else the single output."""
+    names = {layer.name for layer in student.layers}
+    if "head_fc_dist" in names:
+        return tf.keras.Model(
+            student.inputs,
+            [student.get_layer("head_fc").output, student.get_layer("head_fc_dist").output],
+        )
+    return None
+
+
+class BNNTrainer(tf.keras.Model):
+    """Loss of spec 4.5: label-smoothed CE on the classification head, and with a
+    teacher the distribution loss (soft CE to the teacher's softmax) on the
+    distillation head, averaged (``distill_weight`` = 0.5). Single-head models
+    use the same head for both terms."""
+
+    def __init__(self, student, teacher=None, label_smoothing=0.1, distill_weight=0.5):
+        super().__init__()
+        self.student = student
+        self.two_heads = head_logits(student)
+        self.teacher = teacher
+        self.label_smoothing = label_smoothing
+        self.distill_weight = distill_weight if teacher is not None else 0.0
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+        self.acc = tf.keras.metrics.CategoricalAccuracy(name="accuracy")
+        self.top5 = tf.keras.metrics.TopKCategoricalAccuracy(5, name="top5")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.acc, self.top5]
+
+    def call(self, x, training=False):
+        return self.student(x, training=training)
+
+    def _loss_terms(self, x, y, training):
+        if self.two_heads is not None:
+            cls, dist = self.two_heads(x, training=training)
+            logits = (cls + dist) / 2
+        else:
+            cls = dist = logits = self.student(x, training=training)
+        ce = tf.keras.losses.categorical_crossentropy(
+            y, cls, from_logits=True, label_smoothing=self.label_smoothing
+        )
+        per_example = ce
+        if self.teacher is not None:
+            target = tf.nn.softmax(self.teacher(x, training=False))
+            kd = -tf.reduce_sum(target * tf.nn.log_softmax(dist), axis=-1)
+            per_example = (1 - self.distill_weight) * ce + self.distill_weight * kd
+        return per_example, logits
+
+    def train_step(self, batch):
+        x, y = batch
+        with tf.GradientTape() as tape:
+            per_example, logits = self._loss_terms(x, y, True)
+            loss = tf.nn.compute_average_loss(per_example)
+        variables = self.student.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return self._update(per_example, y, logits)
+
+    def test_step(self, batch):
+        x, y = batch
+        logits = self.student(x, training=False)
+        per_example = tf.keras.losses.categorical_crossentropy(y, logits, from_logits=True)
+        return self._update(per_example, y, logits)
+
+    def _update(self, per_example, y, logits):
+        self.loss_tracker.update_state(per_example)
+        self.acc.update_state(y, logits)
+        self.top5.update_state(y, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+
+class _Monitor(tf.keras.callbacks.Callback):
+    """Adds images/s to the epoch logs and stops on a non-finite loss."""
+
+    def __init__(self, batch_size):
+        super().__init__()
+        self.batch_size = batch_size
+        self.bad_loss = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.steps = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        self.train_time = time.perf_counter() - self.start
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_loss = (batch, float(loss))
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.steps:
+            logs["images_per_sec"] = self.steps * self.batch_size / self.train_time
+            logs["epoch_time_sec"] = time.perf_counter() - self.start
+
+
+class StateStore:
+    """Atomic checkpoints: each epoch writes a new ``state/s{step}-e{epoch}`` and only
+    then replaces ``latest.json`` (write to a temp file + ``os.replace``); a run
+    killed mid-write resumes from the previous complete checkpoint."""
+
+    def __init__(self, folder, keep=2):
+        self.folder = pathlib.Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+
+    @property
+    def latest(self):
+        path = self.folder / "latest.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save(self, student, optimizer, step, epoch):
+        prefix = str(self.folder / f"s{step}-e{epoch}")
+        tf.train.Checkpoint(model=student, optimizer=optimizer).write(prefix)
+        _atomic_write_text(self.folder / "latest.json", json.dumps({"step": step, "epoch": epoch, "prefix": prefix}))
+        done = sorted(self.folder.glob("s*-e*.index"), key=os.path.getmtime)
+        for old in done[: -self.keep]:
+            for f in self.folder.glob(old.name[: -len(".index")] + ".*"):
+                f.unlink()
+
+    def restore(self, student, optimizer, prefix):
+        optimizer.build(student.trainable_variables)
+        tf.train.Checkpoint(model=student, optimizer=optimizer).read(prefix).assert_existing_objects_matched()
+
+
+def _atomic_write_text(path, text):
+    tmp = pathlib.Path(f"{path}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_weights_atomic(model, path):
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.stem + ".tmp.h5")
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
+def make_optimizer(step, steps_per_epoch):
+    total = max(step.epochs * steps_per_epoch, 1)
+    schedule = WarmupCosine(step.lr, total, int(step.warmup_epochs * steps_per_epoch))
+    opt = tf.keras.optimizers.AdamW(learning_rate=schedule, weight_decay=step.weight_decay)
+    opt.exclude_from_weight_decay(var_names=NO_DECAY)
+    return opt
+
+
+def fit_step(student, step, step_index, train, test, out, recipe, strategy, teacher=None, resume_epoch=0, state=None):
+    """Train ``student`` for one recipe step; checkpoint after every epoch."""
+    size = student.input_shape[1]
+    steps_per_epoch = len(train.subset(recipe.train_limit)) // recipe.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {recipe.batch_size} is larger than the training set ({len(train)} images)")
+    with strategy.scope():
+        trainer = BNNTrainer(student, teacher, recipe.label_smoothing, recipe.distill_weight)
+        optimizer = make_optimizer(step, steps_per_epoch)
+        trainer.compile(optimizer=optimizer)
+    if state is not None:
+        with strategy.scope():
+            StateStore(out / "state").restore(student, optimizer, state)
+    store = StateStore(out / "state")
+    monitor = _Monitor(recipe.batch_size)
+    callbacks = [
+        monitor,
+        tf.keras.callbacks.CSVLogger(str(out / f"log_step{step_index}.csv"), append=True),
+        tf.keras.callbacks.TensorBoard(str(out / "tensorboard" / f"step{step_index}"), write_graph=False, profile_batch=0),
+    ]
+    test_ds = data_lib.dataset(test, size, recipe.batch_size, False, limit=recipe.test_limit or None)
+    offset = sum(s.epochs for s in recipe.steps[: step_index - 1])
+    for epoch in range(resume_epoch, step.epochs):
+        print(f"step {step_index}/{len(recipe.steps)}, epoch {epoch + 1}/{step.epochs}")
+        train_ds = data_lib.dataset(
+            train, size, recipe.batch_size, True, recipe.seed, offset + epoch, recipe.train_limit or None
+        )
+        trainer.fit(
+            train_ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=test_ds,
+            callbacks=callbacks, verbose=1 if os.environ.get("LARQ_ESBNN_QUIET") is None else 2,
+        )
+        if monitor.bad_loss is not None:
+            batch, value = monitor.bad_loss
+            latest = store.latest
+            kept = f"; the last good checkpoint is {latest['prefix']} (resume with --resume)" if latest else ""
+            raise TrainingDiverged(
+                f"loss became {value} at step {step_index}, epoch {epoch + 1}, batch {batch + 1}; "
+                f"stopped without saving this epoch{kept}. Lower the learning rate ({step.lr})."
+            )
+        store.save(student, optimizer, step_index, epoch)
+    return student
+
+
+def _merge_logs(out):
+    rows = []
+    for path in sorted(out.glob("log_step*.csv")):
+        step = int(path.stem.replace("log_step", ""))
+        lines = path.read_text().strip().splitlines()
+        header = lines[0].split(",")
+        for line in lines[1:]:
+            rows.append({"step": step, **dict(zip(header, map(float, line.split(","))))})
+    return rows
+
+
+def plot_curves(out):
+    """curves.png: loss and top-1 per epoch (train and test) over all steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _merge_logs(out)
+    if not rows:
+        return None
+    x = np.arange(1, len(rows) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ["loss", "accuracy"]):
+        ax.plot(x, [r[key] for r in rows], label=f"train {key}")
+        if f"val_{key}" in rows[0]:
+            ax.plot(x, [r[f"val_{key}"] for r in rows], label=f"test {key}")
+        for i in range(1, len(rows)):
+            if rows[i]["step"] != rows[i - 1]["step"]:
+                ax.axvline(i + 0.5, color="grey", ls=":", lw=1)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(out.name)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def load_teacher(spec, num_classes, size):
+    if not spec:
+        return None
+    if os.path.exists(spec):
+        return tf.keras.models.load_model(spec, compile=False)
+    raise FileNotFoundError(f"teacher {spec!r} is not a Keras model file")
+
+
+def train(recipe: Recipe, output, resume=False, strategy="auto"):
+    """Run every step of ``recipe`` into ``output``; returns the final metrics dict."""
+    out = pathlib.Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    state = StateStore(out / "state").latest if resume else None
+    if not resume and (out / "state" / "latest.json").exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
+    _atomic_write_text(out / "recipe.json", recipe.to_json())
+    strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
+    tf.keras.utils.set_random_seed(recipe.seed)
+    train_split = data_lib.load(recipe.data, "train")
+    test_split = data_lib.load(recipe.data, "test")
+    size = recipe.image_size or models.entry(recipe.model).input_size
+    model_args = {**recipe.model_args, "num_classes": train_split.num_classes, "input_shape": (size, size, 3)}
+    teacher = load_teacher(recipe.teacher, train_split.num_classes, size)
+    previous = None
+    for index, step in enumerate(recipe.steps, start=1):
+        weights_path = out / f"step{index}_weights.h5"
+        if step.epochs == 0:
+            continue
+        with strategy.scope():
+            student = models.get(recipe.model, binary_weights=step.binary_weights, **model_args)
+        if state and state["step"] > index and weights_path.exists():
+            previous = weights_path
+            continue
+        resume_epoch, prefix = 0, None
+        if state and state["step"] == index:
+            resume_epoch, prefix = state["epoch"] + 1, state["prefix"]
+            print(f"resuming step {index} after epoch {resume_epoch} from {prefix}")
+        elif previous is not None:
+            student.load_weights(str(previous))  # step 2 starts from every tensor of step 1
+        fit_step(student, step, index, train_split, test_split, out, recipe, strategy, teacher, resume_epoch, prefix)
+        save_weights_atomic(student, weights_path)
+        previous = weights_path
+    if previous is None:
+        raise ValueError("the recipe has no step with epochs > 0")
+    final = out / "weights.h5"
+    tmp = out / "weights.tmp.h5"
+    tmp.write_bytes(pathlib.Path(previous).read_bytes())
+    os.replace(tmp, final)
+    metrics = evaluate(student, test_split, size, recipe.batch_size, limit=recipe.test_limit or None)
+    rows = _merge_logs(out)
+    metrics.update(
+        model=recipe.model,
+        epochs=sum(s.epochs for s in recipe.steps),
+        images_per_sec=float(np.median([r["images_per_sec"] for r in rows])),
+        wall_time_sec=float(sum(r["epoch_time_sec"] for r in rows)),
+    )
+    _atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    plot_curves(out)
+    print(f"final weights: {final}\ntest top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} on {metrics['n']} images")
+    return metrics
+
+
+def evaluate(model, split, size=None, batch_size=256, limit=None):
+    """Top-1 / top-5 accuracy and image count of ``model`` on ``split``."""
+    from tqdm import tqdm
+
+    size = size or model.input_shape[1]
+    ds = data_lib.dataset(split, size, batch_size, False, limit=limit)
+    predict = tf.function(lambda x: model(x, training=False))
+    top1 = top5 = n = 0
+    total = math.ceil((limit or len(split)) / batch_size)
+    for x, y in tqdm(ds, total=total, desc="evaluating", unit="batch"):
+        logits = predict(x)
+        labels = tf.argmax(y, -1)
+        top1 += int(tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == labels, tf.int32)))
+        k = min(5, logits.shape[-1])
+        top5 += int(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int32)))
+        n += int(labels.shape[0])
+    return {"top1": top1 / n, "top5": top5 / n, "n": n}
+
+
+def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3, freeze_backbone=False,
+             image_size=0, resume=False, strategy="auto", model_args=None, train_limit=0, test_limit=0, seed=0):
+    """Replace the head of a pretrained model for ``data``'s classes and train it.
+
+    The result is exactly ``models.get(model_name, num_classes=K, **model_args)``
+    with the pretrained backbone, so ``DIR/weights.h5`` loads with ``weights=``.
+    """
+    from larq_esbnn.models import transfer_weights
+    from larq_esbnn.train.recipe import Step
+
+    out = pathlib.Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    state = StateStore(out / "state").latest if resume else None
+    if not resume and (out / "state" / "latest.json").exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume or choose another --output")
+    strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
+    tf.keras.utils.set_random_seed(seed)
+    train_split = data_lib.load(data, "train")
+    test_split = data_lib.load(data, "test")
+    size = image_size or models.entry(model_name).input_size
+    args = {**(model_args or {}), "input_shape": (size, size, 3)}
+    recipe = Recipe(model=model_name, data=str(data), model_args=model_args or {}, image_size=size,
+                    batch_size=batch_size, seed=seed, label_smoothing=0.1,
+                    steps=[Step(epochs=epochs, lr=lr, warmup_epochs=0)],
+                    train_limit=train_limit, test_limit=test_limit)
+    _atomic_write_text(out / "recipe.json", json.dumps({**json.loads(recipe.to_json()), "weights": str(weights),
+                                                         "freeze_backbone": freeze_backbone}, indent=2))
+    with strategy.scope():
+        student = models.get(model_name, num_classes=train_split.num_classes, **args)
+        if state is None:
+            backbone = models.get(model_name, include_top=False, weights=weights, **args)
+            transfer_weights(backbone, student)
+            del backbone
+        if freeze_backbone:
+            for layer in student.layers:
+                layer.trainable = layer.name.startswith("head_")
+    resume_epoch, prefix = (state["epoch"] + 1, state["prefix"]) if state else (0, None)
+    fit_step(student, recipe.steps[0], 1, train_split, test_split, out, recipe, strategy, None, resume_epoch, prefix)
+    save_weights_atomic(student, out / "weights.h5")
+    metrics = evaluate(student, test_split, size, batch_size, limit=test_limit or None)
+    _atomic_write_text(out / "metrics.json", json.dumps({**metrics, "model": model_name, "epochs": epochs}, indent=2))
+    plot_curves(out)
+    print(f"fine-tuned weights: {out / 'weights.h5'}\ntest top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} on {metrics['n']} images")
+    return metrics
