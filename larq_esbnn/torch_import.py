@@ -1,0 +1,337 @@
+"""Import the authors' released PyTorch checkpoints into the Keras models.
+
+Supported: ``reactnet_a`` (ReActNet release, MobileNet), ``reactnet_18``
+(ReActNet release, ResNet-18), ``es_reactnet_a`` (Rep-ReActNet release, tau=2)
+and ``bcdnet_a`` (BCDNet release). ``/work/shared/specs/torch_state_dicts/``
+lists every released tensor name and shape.
+
+    model = convert_checkpoint("reactnet_a", "checkpoint.pth.tar")
+    larq-esbnn import-torch reactnet_a checkpoint.pth.tar -o reactnet_a.h5
+
+The conversion is driven by the Keras model: every Keras layer with weights is
+mapped to its torch tensors by name; a missing tensor or a wrong shape raises,
+naming the tensor. Tensors left over are reported (returned and printed);
+``num_batches_tracked`` counters are dropped silently.
+
+Conversions (torch NCHW -> Keras NHWC):
+- conv weight (out, in, kh, kw) -> kernel (kh, kw, in, out); the ReActNet-A
+  release stores binary weights flattened as ``...weights`` [out*in*k*k, 1]
+  (a ``view`` of (out, in, k, k)), which is reshaped first. For ES the torch
+  binary conv [C_out/tau, C_in*tau, k, k] is the BinaryConv2D kernel
+  (k, k, C_in*tau, C_out/tau); the tiling has no weights;
+- linear (out, in) -> (in, out); fc -> head_fc, fc_dist -> head_fc_dist;
+- BatchNorm weight, bias, running_mean, running_var -> gamma, beta,
+  moving_mean, moving_variance;
+- learnable biases ("move") [1, C, 1, 1] -> [C]; RPReLU = (moveX2, preluX, moveX3).
+
+BCDNet MLP stage (an ASSUMPTION, not checked against trained weights): in the
+release block ``mlp_layer.R.mlp_layer.K``, ``binary_conv`` acts on the
+unshifted tensor, ``binary_conv1`` on the short-range (1) shift and
+``binary_conv2`` on the long-range shift; they map to our ``mlp{j}_pw``,
+``mlp{j}_short`` and ``mlp{j}_long`` with ``j = 4 R + K`` (4 = shift blocks +
+point blocks per repeat). If a converted BCDNet-A loses accuracy, swapping
+short / long is the first thing to try.
+
+The released models compute sign(0) = 0 where larq gives +1, and pad stride-2
+binary convs symmetrically (our BinaryConv2D does too); outputs agree with a
+reference PyTorch forward to ~1e-6 relative (tests/test_torch_import.py).
+"""
+
+import re
+import sys
+
+import numpy as np
+
+SUPPORTED = {
+    "reactnet_a": "ReActNet release (MobileNet, step 2)",
+    "es_reactnet_a": "Rep-ReActNet release (ES, tau=2, step 2)",
+    "reactnet_18": "ReActNet release (ResNet-18, step 2)",
+    "bcdnet_a": "BCDNet release (step 2)",
+}
+
+_BLOCK = re.compile(r"^b(\d+)_(.+)$")
+_RESNET = re.compile(r"^l(\d+)_(.+)$")
+_MLP = re.compile(r"^mlp(\d+)_(.+)$")
+
+# per-block Keras layer suffix -> (kind, torch names relative to the block prefix)
+_REACTNET_A_BLOCK = {
+    "1_move": ("bias", "move11"),
+    "conv1": ("conv", "binary_3x3"),
+    "bn1": ("bn", "bn1"),
+    "rprelu1": ("rprelu", ("move12", "prelu1", "move13")),
+    "2_move": ("bias", "move21"),
+    "conv2": ("conv", "binary_pw"),
+    "bn2": ("bn", "bn2"),
+    "conv2a": ("conv", "binary_pw_down1"),
+    "conv2b": ("conv", "binary_pw_down2"),
+    "bn2a": ("bn", "bn2_1"),
+    "bn2b": ("bn", "bn2_2"),
+    "rprelu2": ("rprelu", ("move22", "prelu2", "move23")),
+}
+_RESNET_LAYER = {
+    "move": ("bias", "move0"),
+    "conv": ("conv", "binary_conv"),
+    "bn": ("bn", "bn1"),
+    "rprelu": ("rprelu", ("move1", "prelu", "move2")),
+    "sc_conv": ("conv", "downsample.1"),
+    "sc_bn": ("bn", "downsample.2"),
+}
+_MLP_BLOCK = {
+    "move": ("bias", "move0"),
+    "pw": ("conv", "binary_conv"),
+    "short": ("conv", "binary_conv1"),
+    "long": ("conv", "binary_conv2"),
+    "bn": ("bn", "bn1"),
+    "rprelu": ("rprelu", ("move1", "prelu", "move2")),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the requested model."""
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            "reading PyTorch checkpoints needs torch: pip install 'larq-esbnn[torch]' "
+            "(pins the CPU build torch==2.13.0)"
+        ) from None
+    return torch
+
+
+def load_state_dict(checkpoint):
+    """A flat {name: numpy array} from a checkpoint path, a checkpoint dict or a state dict.
+
+    Accepts the release containers (``state_dict`` or ``model`` key) and bare
+    state dicts; strips ``module.`` prefixes (DataParallel). Files are read
+    with ``torch.load(weights_only=True, map_location="cpu")``.
+    """
+    if not isinstance(checkpoint, dict):
+        torch = _torch()
+        try:
+            checkpoint = torch.load(checkpoint, weights_only=True, map_location="cpu")
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # torch raises many types for unreadable files
+            raise CheckpointError(f"cannot read PyTorch checkpoint {checkpoint}: {err}") from None
+    state = checkpoint
+    for key in ("state_dict", "model"):
+        if isinstance(checkpoint.get(key), dict):
+            state = checkpoint[key]
+            break
+    out = {}
+    for name, value in state.items():
+        if not hasattr(value, "shape"):
+            raise CheckpointError(
+                f"checkpoint entry {name!r} is a {type(value).__name__}, not a tensor; expected a "
+                f"state dict or a dict with a 'state_dict' or 'model' key (keys: {sorted(checkpoint)[:8]})"
+            )
+        while name.startswith("module."):
+            name = name[len("module."):]
+        if hasattr(value, "detach"):
+            value = value.detach().cpu()
+            value = value.float().numpy() if value.is_floating_point() else value.numpy()
+        out[name] = np.asarray(value)
+    return out
+
+
+def _rule(model_name, layer_name, mlp_per_repeat):
+    """Keras layer name -> (kind, torch prefix or tuple of prefixes), or None."""
+    if layer_name in ("head_fc", "head_fc_dist"):
+        return "dense", "fc" if layer_name == "head_fc" else "fc_dist"
+    if model_name == "reactnet_18":
+        if layer_name == "stem_conv":
+            return "conv", "conv1"
+        if layer_name == "stem_bn":
+            return "bn", "bn1"
+        m = _RESNET.match(layer_name)
+        if m and m.group(2) in _RESNET_LAYER:
+            stage, j = divmod(int(m.group(1)), 4)
+            kind, rel = _RESNET_LAYER[m.group(2)]
+            return kind, _join(f"layer{stage + 1}.{j}.", rel)
+        return None
+    if layer_name == "stem_conv":
+        return "conv", "feature.0.conv1"
+    if layer_name == "stem_bn":
+        return "bn", "feature.0.bn1"
+    m = _BLOCK.match(layer_name)
+    if m and m.group(2) in _REACTNET_A_BLOCK:
+        kind, rel = _REACTNET_A_BLOCK[m.group(2)]
+        return kind, _join(f"feature.{int(m.group(1))}.", rel)
+    m = _MLP.match(layer_name)
+    if m and m.group(2) in _MLP_BLOCK and model_name == "bcdnet_a":
+        r, k = divmod(int(m.group(1)), mlp_per_repeat)
+        kind, rel = _MLP_BLOCK[m.group(2)]
+        return kind, _join(f"mlp_layer.{r}.mlp_layer.{k}.", rel)
+    return None
+
+
+def _join(prefix, rel):
+    return tuple(prefix + r for r in rel) if isinstance(rel, tuple) else prefix + rel
+
+
+class _Source:
+    """The state dict with bookkeeping of what was used."""
+
+    def __init__(self, state):
+        self.state = state
+        self.used = set()
+        self.zero_binary = {}  # tensor name -> number of exact zeros in a binary kernel
+
+    def take(self, name, shape, layer):
+        if name not in self.state:
+            raise CheckpointError(
+                f"checkpoint has no tensor {name!r} (needed for Keras layer {layer!r}, "
+                f"expected shape {tuple(shape)})"
+            )
+        value = self.state[name]
+        if tuple(value.shape) != tuple(shape):
+            raise CheckpointError(
+                f"tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(shape)} "
+                f"for Keras layer {layer!r}"
+            )
+        self.used.add(name)
+        return value
+
+    def unused(self):
+        return sorted(
+            n for n in self.state if n not in self.used and not n.endswith("num_batches_tracked")
+        )
+
+
+def _convert_layer(src, layer, kind, prefix):
+    """Torch tensors -> the list of values for ``layer.get_weights()``."""
+    from larq_esbnn.layers import BinaryConv2D
+
+    binary = isinstance(layer, BinaryConv2D)
+    shapes = [tuple(w.shape) for w in layer.weights]
+    name = layer.name
+    if kind == "conv":
+        (kh, kw, cin, cout), = shapes
+        torch_shape = (cout, cin, kh, kw)
+        if prefix + ".weights" in src.state and prefix + ".weight" not in src.state:
+            # ReActNet-A release: HardBinaryConv keeps a flat [out*in*k*k, 1] parameter
+            flat = src.take(prefix + ".weights", (cout * cin * kh * kw, 1), name)
+            w = flat.reshape(torch_shape)
+        elif prefix + ".weight" in src.state:
+            w = src.take(prefix + ".weight", torch_shape, name)
+        else:
+            raise CheckpointError(
+                f"checkpoint has no tensor {prefix + '.weight'!r} (nor the flattened form "
+                f"{prefix + '.weights'!r}) for Keras layer {name!r}, expected shape {torch_shape}"
+            )
+        zeros = int(np.count_nonzero(w == 0))
+        if zeros and binary:
+            src.zero_binary[prefix] = zeros
+        return [np.transpose(w, (2, 3, 1, 0))]
+    if kind == "bn":
+        (c,) = shapes[0]
+        return [src.take(f"{prefix}.{k}", (c,), name)
+                for k in ("weight", "bias", "running_mean", "running_var")]
+    if kind == "bias":
+        (c,) = shapes[0]
+        return [src.take(prefix + ".bias", (1, c, 1, 1), name).reshape(c)]
+    if kind == "rprelu":
+        c = shapes[0][0]
+        move_in, prelu, move_out = prefix
+        return [
+            src.take(move_in + ".bias", (1, c, 1, 1), name).reshape(c),
+            src.take(prelu + ".weight", (c,), name),
+            src.take(move_out + ".bias", (1, c, 1, 1), name).reshape(c),
+        ]
+    if kind == "dense":
+        (cin, cout), (nb,) = shapes
+        return [src.take(prefix + ".weight", (cout, cin), name).T,
+                src.take(prefix + ".bias", (cout,), name)]
+    raise AssertionError(kind)
+
+
+def assign_state_dict(model, model_name, state, mlp_per_repeat=4):
+    """Copy a flat numpy state dict into ``model``; return the unused tensor names."""
+    if model_name not in SUPPORTED:
+        raise ValueError(f"unsupported model {model_name!r} for torch import; supported: {', '.join(SUPPORTED)}")
+    src = _Source(state)
+    values = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        rule = _rule(model_name, layer.name, mlp_per_repeat)
+        if rule is None:
+            raise CheckpointError(
+                f"Keras layer {layer.name!r} of {model.name!r} has no counterpart in the "
+                f"{SUPPORTED[model_name]} checkpoint (build the model with its released "
+                "arguments: no groups, no dynamic thresholds)"
+            )
+        new = _convert_layer(src, layer, *rule)
+        values.append((layer, new))
+    import tensorflow as tf
+
+    tf.keras.backend.batch_set_value(
+        [(w, v.astype(w.dtype.as_numpy_dtype)) for layer, new in values
+         for w, v in zip(layer.weights, new)]
+    )
+    if src.zero_binary:
+        total = sum(src.zero_binary.values())
+        print(f"larq-esbnn import-torch: warning: {total} binary weights are exactly 0 (in "
+              + ", ".join(f"{k} ({n})" for k, n in sorted(src.zero_binary.items())[:5])
+              + "); the released code multiplies them by sign(0) = 0, Keras / LCE by +1, "
+              "so outputs can differ slightly", file=sys.stderr)
+    return src.unused()
+
+
+def convert_checkpoint(model_name, checkpoint_path_or_state_dict, return_unused=False,
+                       verbose=True, **model_kwargs):
+    """Build ``model_name`` (with ``model_kwargs``) and fill it from a PyTorch checkpoint.
+
+    ``num_classes`` defaults to the checkpoint's ``fc`` rows. Unused tensors are
+    printed to stderr (``verbose``) and returned with ``return_unused=True``,
+    which gives ``(model, unused)``.
+    """
+    from larq_esbnn import models
+
+    if model_name not in SUPPORTED:
+        raise ValueError(f"unsupported model {model_name!r} for torch import; supported: {', '.join(SUPPORTED)}")
+    state = load_state_dict(checkpoint_path_or_state_dict)
+    if "num_classes" not in model_kwargs and model_kwargs.get("include_top", True):
+        if "fc.weight" in state and state["fc.weight"].ndim == 2:
+            model_kwargs["num_classes"] = int(state["fc.weight"].shape[0])
+    model = models.get(model_name, **model_kwargs)
+    per_repeat = model_kwargs.get("shift_blocks", 3) + model_kwargs.get("point_blocks", 1)
+    unused = assign_state_dict(model, model_name, state, per_repeat)
+    if unused and verbose:
+        print(f"larq-esbnn import-torch: {len(unused)} checkpoint tensors were not used: "
+              + ", ".join(unused), file=sys.stderr)
+    return (model, unused) if return_unused else model
+
+
+def add_commands(subparsers):
+    p = subparsers.add_parser(
+        "import-torch",
+        help="convert a released PyTorch checkpoint to a Keras .h5 weights file",
+        description="Convert a released PyTorch checkpoint (" + ", ".join(SUPPORTED) + ") "
+        "into a Keras HDF5 weights file that loads with weights=PATH.",
+    )
+    p.add_argument("model", choices=sorted(SUPPORTED), metavar="MODEL",
+                   help="one of: " + ", ".join(sorted(SUPPORTED)))
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="path of the .pth / .pth.tar file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="output weights file (.h5)")
+    p.set_defaults(func=_cli_import)
+
+
+def _cli_import(args):
+    from larq_esbnn.weights import sha256_file
+
+    if not args.output.endswith(".h5"):
+        raise ValueError(f"output must end in .h5 (Keras HDF5 weights), got {args.output!r}")
+    try:
+        model, unused = convert_checkpoint(args.model, args.checkpoint, return_unused=True)
+    except ImportError as err:  # torch is an optional extra
+        print(f"larq-esbnn import-torch: error: {err}", file=sys.stderr)
+        return 2
+    model.save_weights(args.output)
+    print(f"wrote {args.output} ({model.count_params():,} parameters, "
+          f"{len(unused)} unused checkpoint tensors)")
+    print(f"sha256 {sha256_file(args.output)}")
+    return 0

@@ -1,0 +1,487 @@
+"""Pretrained weights: one registry, verified cached downloads, checked loading.
+
+``weights=`` of every model factory accepts ``None``, a registered tag
+(``"cifar10"``, ``"imagenet"`` ...), a local ``.h5`` path, or an ``http(s)://``
+/ ``file://`` URL (optionally ending in ``#sha256=<64 hex digits>`` to verify it).
+Files are Keras HDF5 weight files as written by ``model.save_weights("x.h5")``
+(``larq-esbnn import-torch`` writes the same format).
+
+Adding weights to the registry
+------------------------------
+Append ONE line to ``_ENTRIES`` below, e.g. for a file shipped in the package
+(put the file in ``larq_esbnn/pretrained/``; ``sha256sum`` gives the hash)::
+
+    WeightsEntry("es_resnet20", "cifar10", "es_resnet20_cifar10.h5", "<sha256>",
+                 source="trained by this project (training/es_resnet20.yaml)",
+                 metric="CIFAR-10 test top-1 xx.x %"),
+
+or, for a file on a server, add ``url="https://..."``. Rules: never list a file
+that does not exist (a shipped file must be in ``pretrained/`` with that hash,
+which ``verify_registry()`` and the tests check; a URL entry only after
+``larq-esbnn weights fetch MODEL TAG`` succeeded once); ``include_top=False``
+marks a file saved without the classification head.
+
+There are no ImageNet entries: the authors' checkpoints cannot be downloaded
+here. Convert an official PyTorch checkpoint with
+``larq-esbnn import-torch reactnet_a checkpoint.pth.tar -o reactnet_a.h5`` and
+pass ``weights="reactnet_a.h5"``.
+
+Cache: ``cache_dir`` argument, else ``$LARQ_ESBNN_CACHE``, else
+``~/.cache/larq_esbnn``. A download goes to a temporary file in the cache
+directory, is checked for completeness (Content-Length) and sha256, and only
+then renamed into place (``os.replace``); any failure leaves no file behind. A
+cached file whose hash matches is used without touching the network.
+"""
+
+import hashlib
+import http.client
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+CACHE_ENV = "LARQ_ESBNN_CACHE"
+PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
+_CHUNK = 1 << 16
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be resolved, downloaded, verified or loaded."""
+
+
+class DownloadError(WeightsError):
+    """A failed or unverifiable download (nothing was written to the cache)."""
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One registered weights file.
+
+    model / tag: the model name (``larq_esbnn.models.names()``) and the weights tag.
+    filename: name in the cache, or of the file shipped in ``larq_esbnn/pretrained/``.
+    sha256: hex digest of the file. url: where to download it; None = shipped file.
+    include_top: True if the file holds the classification head (it also loads
+    into ``include_top=False`` models, which skip the head).
+    source: "trained by this project (...)" or "converted from <named release>".
+    metric: the reported metric, with dataset and split.
+    """
+
+    model: str
+    tag: str
+    filename: str
+    sha256: str
+    url: str = None
+    include_top: bool = True
+    source: str = ""
+    metric: str = ""
+
+    @property
+    def shipped(self):
+        return self.url is None
+
+    @property
+    def location(self):
+        return self.url or f"larq_esbnn/pretrained/{self.filename}"
+
+
+# One line per weights file; see the module docstring.
+_ENTRIES = [
+]
+
+
+def _build_registry(entries):
+    registry = {}
+    for e in entries:
+        if not _HEX64.match(e.sha256):
+            raise ValueError(f"weights entry {e.model}.{e.tag}: sha256 must be 64 lowercase hex digits, got {e.sha256!r}")
+        if (e.model, e.tag) in registry:
+            raise ValueError(f"weights entry {e.model}.{e.tag} is registered twice")
+        registry[(e.model, e.tag)] = e
+    return registry
+
+
+_REGISTRY = _build_registry(_ENTRIES)
+
+
+def registered(name=None):
+    """Registered :class:`WeightsEntry` objects (of model ``name``, or all), sorted."""
+    return sorted(
+        (e for e in _REGISTRY.values() if name is None or e.model == name),
+        key=lambda e: (e.model, e.tag),
+    )
+
+
+def tags(name):
+    """The registered weights tags of model ``name``."""
+    return [e.tag for e in registered(name)]
+
+
+def entry(name, tag):
+    """The :class:`WeightsEntry` of ``name`` / ``tag``; unknown tags raise, listing the known ones."""
+    e = _REGISTRY.get((name, tag))
+    if e is None:
+        known = tags(name)
+        listed = ", ".join(repr(t) for t in known) if known else "none registered"
+        raise WeightsError(
+            f"unknown weights tag {tag!r} for model {name!r}; available tags: {listed}. "
+            "weights= also accepts a local .h5 path or an http(s):// / file:// URL"
+        )
+    return e
+
+
+def verify_registry(entries=None):
+    """Check that every shipped file exists with its sha256 (URL entries are not fetched).
+
+    Returns the number of checked files; raises :class:`WeightsError` on the first problem.
+    """
+    checked = 0
+    for e in entries if entries is not None else registered():
+        if not e.shipped:
+            continue
+        _shipped_path(e)
+        checked += 1
+    return checked
+
+
+def _shipped_path(e):
+    path = PRETRAINED_DIR / e.filename
+    if not path.is_file():
+        raise WeightsError(f"weights {e.model}.{e.tag}: shipped file {path} does not exist")
+    actual = sha256_file(path)
+    if actual != e.sha256:
+        raise WeightsError(
+            f"weights {e.model}.{e.tag}: shipped file {path} has sha256 {actual}, "
+            f"expected {e.sha256}"
+        )
+    return path
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def get_cache_dir(path=None):
+    """The cache directory: ``path``, else ``$LARQ_ESBNN_CACHE``, else ``~/.cache/larq_esbnn``."""
+    if path is None:
+        path = os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "larq_esbnn"
+    return pathlib.Path(path).expanduser()
+
+
+def _check_sha(sha256):
+    if sha256 is None:
+        return None
+    sha = str(sha256).lower()
+    if not _HEX64.match(sha):
+        raise ValueError(f"sha256 must be 64 hex digits or None, got {sha256!r}")
+    return sha
+
+
+def _split_fragment(url):
+    """``url#sha256=HEX`` -> (url without fragment, HEX or None)."""
+    base, _, fragment = url.partition("#")
+    if not fragment:
+        return url, None
+    key, _, value = fragment.partition("=")
+    if key != "sha256":
+        raise ValueError(f"unsupported URL fragment {fragment!r} in {url}; only #sha256=<hex> is allowed")
+    return base, _check_sha(value)
+
+
+def fetch(url, sha256, cache_dir=None, filename=None, progress=True, timeout=60):
+    """Download ``url`` into the cache, verified, and return the local path.
+
+    sha256: expected hex digest; ``None`` downloads without verification (the
+    transfer is still checked for completeness). A cached file with the right
+    hash is returned without any network access; one with a wrong hash is
+    replaced. On an HTTP / network error, a truncated transfer or a hash
+    mismatch, :class:`DownloadError` names the URL and the expected and actual
+    hash, and no file is left in the cache.
+    """
+    sha256 = _check_sha(sha256)
+    if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
+        raise ValueError(f"fetch needs an http://, https:// or file:// URL, got {url!r}")
+    directory = get_cache_dir(cache_dir)
+    if filename is None:
+        filename = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
+    if os.sep in filename or "/" in filename or filename in (".", ".."):
+        raise ValueError(f"filename must be a plain file name, got {filename!r}")
+    target = directory / filename
+    if target.is_file():
+        if sha256 is None or sha256_file(target) == sha256:
+            return target
+        print(f"larq-esbnn: cached {target} does not match sha256 {sha256}; downloading again",
+              file=sys.stderr)
+    directory.mkdir(parents=True, exist_ok=True)
+    expected = sha256 or "none given"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            actual, received, length = _download(url, out, filename, progress, timeout, expected)
+        if length is not None and received < length:
+            raise DownloadError(
+                f"download of {url} truncated: received {received} of {length} bytes; "
+                f"expected sha256 {expected}, actual sha256 {actual} (partial data); "
+                f"nothing was written to {directory}"
+            )
+        if sha256 is not None and actual != sha256:
+            raise DownloadError(
+                f"sha256 mismatch for {url}: expected {sha256}, actual {actual}; "
+                f"nothing was written to {directory}"
+            )
+        os.replace(tmp, target)
+        return target
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _download(url, out, filename, progress, timeout, expected):
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            header = response.headers.get("Content-Length")
+            length = int(header) if header and header.isdigit() else None
+            with tqdm(total=length, unit="B", unit_scale=True, desc=filename,
+                      disable=not progress, file=sys.stderr) as bar:
+                while True:
+                    try:
+                        chunk = response.read(_CHUNK)
+                    except http.client.IncompleteRead as err:
+                        chunk = err.partial
+                        digest.update(chunk)
+                        out.write(chunk)
+                        received += len(chunk)
+                        break
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as err:
+        raise DownloadError(
+            f"download of {url} failed: HTTP {err.code} {err.reason}; expected sha256 "
+            f"{expected}, actual: nothing received; nothing was written to the cache"
+        ) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        actual = digest.hexdigest() if received else "nothing received"
+        raise DownloadError(
+            f"download of {url} failed after {received} bytes: {err}; expected sha256 "
+            f"{expected}, actual {actual}; nothing was written to the cache"
+        ) from None
+    return digest.hexdigest(), received, length
+
+
+def resolve(name, weights, cache_dir=None, progress=True):
+    """Turn a ``weights=`` value into (local path, WeightsEntry or None)."""
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if not isinstance(weights, str) or not weights:
+        raise WeightsError(
+            f"weights must be None, a registered tag, a path or a URL, got {weights!r}"
+        )
+    scheme = urllib.parse.urlparse(weights).scheme
+    if scheme in ("http", "https"):
+        url, sha = _split_fragment(weights)
+        filename = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name or "weights.h5"
+        if sha is None:  # unverifiable: keep different URLs apart in the cache
+            filename = hashlib.sha256(url.encode()).hexdigest()[:12] + "-" + filename
+        return fetch(url, sha, cache_dir, filename, progress), None
+    if scheme == "file":
+        url, sha = _split_fragment(weights)
+        parsed = urllib.parse.urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise WeightsError(f"file:// URL with a remote host is not supported: {weights}")
+        path = pathlib.Path(urllib.request.url2pathname(parsed.path))
+        if not path.is_file():
+            raise WeightsError(f"weights file not found: {path} (from {weights})")
+        if sha is not None and sha256_file(path) != sha:
+            raise WeightsError(
+                f"sha256 mismatch for {weights}: expected {sha}, actual {sha256_file(path)}"
+            )
+        return path, None
+    if (name, weights) in _REGISTRY:
+        e = _REGISTRY[(name, weights)]
+        if e.shipped:
+            return _shipped_path(e), e
+        return fetch(e.url, e.sha256, cache_dir, e.filename, progress), e
+    path = pathlib.Path(weights).expanduser()
+    if path.is_file():
+        return path, None
+    if os.sep not in weights and "/" not in weights and "." not in weights:
+        entry(name, weights)  # raises, listing the tags
+    raise WeightsError(f"weights file not found: {weights!r} (not a registered tag of {name!r} either)")
+
+
+def read_h5(path):
+    """Layer name -> list of (weight name, shape) of a Keras HDF5 weights file, in file order."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise WeightsError(
+            f"{path} is not a readable HDF5 weights file ({err}); expected a file written "
+            "by model.save_weights('*.h5') or larq-esbnn import-torch"
+        ) from None
+    try:
+        group = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in group.attrs:
+            raise WeightsError(
+                f"{path} is HDF5 but holds no Keras layer weights (no 'layer_names' "
+                "attribute); expected a file written by model.save_weights('*.h5')"
+            )
+        layers = {}
+        for raw in group.attrs["layer_names"]:
+            lname = raw.decode() if isinstance(raw, bytes) else str(raw)
+            g = group[lname]
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs["weight_names"]]
+            layers[lname] = [(n, tuple(g[n].shape)) for n in names]
+        return layers
+    except (KeyError, OSError, RuntimeError) as err:
+        raise WeightsError(f"{path}: corrupt Keras HDF5 weights file ({err})") from None
+    finally:
+        f.close()
+
+
+def _model_weights(layer):
+    # the order Keras uses in HDF5 files: trainable, then non-trainable
+    return list(layer.trainable_weights) + list(layer.non_trainable_weights)
+
+
+def _fmt(shapes):
+    return "[" + ", ".join(str(tuple(s)) for s in shapes) + "]"
+
+
+def check_compatible(model, path, file_layers=None):
+    """Check that ``path`` fits ``model``; return the file layers that are skipped.
+
+    Every model layer with weights must be in the file with the same number of
+    weights and the same shapes; the first one that is not raises, naming the
+    layer and both shape lists. File layers absent from the model are allowed
+    only when they are the classification head (``head_*``) and the model has
+    none (``include_top=False``).
+    """
+    if file_layers is None:
+        file_layers = read_h5(path)
+    model_layers = [layer for layer in model.layers if layer.weights]
+    for layer in model_layers:
+        want = [tuple(w.shape) for w in _model_weights(layer)]
+        if layer.name not in file_layers:
+            hint = ""
+            if layer.name.startswith("head_") and not any(n.startswith("head_") for n in file_layers):
+                hint = " (the file has no classification head: build the model with include_top=False)"
+            raise WeightsError(
+                f"weights do not fit model {model.name!r}: layer {layer.name!r} with shapes "
+                f"{_fmt(want)} is not in {path}{hint}"
+            )
+        have = [s for _, s in file_layers[layer.name]]
+        if have != want:
+            raise WeightsError(
+                f"weights do not fit model {model.name!r}: first mismatching layer "
+                f"{layer.name!r}: model shapes {_fmt(want)}, file {path} shapes {_fmt(have)}"
+            )
+    names = {layer.name for layer in model_layers}
+    extra = [n for n, ws in file_layers.items() if ws and n not in names]
+    model_has_head = any(n.startswith("head_") for n in names)
+    unexpected = [n for n in extra if model_has_head or not n.startswith("head_")]
+    if unexpected:
+        raise WeightsError(
+            f"weights do not fit model {model.name!r}: {path} has weights for layers the "
+            f"model lacks: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    return extra
+
+
+def load_h5(model, path):
+    """Check ``path`` against ``model`` and assign every weight; return skipped file layers."""
+    import h5py
+    import tensorflow as tf
+
+    file_layers = read_h5(path)
+    skipped = check_compatible(model, path, file_layers)
+    pairs = []
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            for layer in model.layers:
+                if not layer.weights:
+                    continue
+                g = group[layer.name]
+                for var, (wname, _) in zip(_model_weights(layer), file_layers[layer.name]):
+                    pairs.append((var, g[wname][()]))
+    except (KeyError, OSError, RuntimeError) as err:
+        raise WeightsError(f"{path}: corrupt Keras HDF5 weights file ({err})") from None
+    tf.keras.backend.batch_set_value(pairs)
+    return skipped
+
+
+def load_weights(model, name, weights, cache_dir=None, progress=True):
+    """Load ``weights`` (a tag of ``name``, a path or a URL) into ``model``.
+
+    Returns the local path that was loaded. A registered file saved without
+    the head (``include_top=False``) does not load into a model with a head.
+    """
+    path, e = resolve(name, weights, cache_dir, progress)
+    load_h5(model, path)
+    return path
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def add_commands(subparsers):
+    p = subparsers.add_parser(
+        "weights",
+        help="list registered pretrained weights, or fetch one",
+        description="`larq-esbnn weights [MODEL]` lists the registry; "
+        "`larq-esbnn weights fetch MODEL TAG` downloads (or verifies) one file into the cache.",
+    )
+    p.add_argument("args", nargs="*", metavar="MODEL | fetch MODEL TAG")
+    p.add_argument("--cache-dir", default=None, help=f"cache directory (default ${CACHE_ENV} or ~/.cache/larq_esbnn)")
+    p.set_defaults(func=_cli_weights)
+
+
+def _cli_weights(args):
+    from larq_esbnn import models
+
+    rest = list(args.args)
+    if rest and rest[0] == "fetch":
+        if len(rest) != 3:
+            raise ValueError(f"usage: larq-esbnn weights fetch MODEL TAG (got {' '.join(rest[1:]) or 'nothing'})")
+        models.entry(rest[1])
+        e = entry(rest[1], rest[2])
+        path = _shipped_path(e) if e.shipped else fetch(e.url, e.sha256, args.cache_dir, e.filename)
+        print(path)
+        return 0
+    if len(rest) > 1:
+        raise ValueError(f"usage: larq-esbnn weights [MODEL] | weights fetch MODEL TAG (got {' '.join(rest)})")
+    name = rest[0] if rest else None
+    if name is not None:
+        models.entry(name)  # unknown model -> error listing the models
+    entries = registered(name)
+    if not entries:
+        which = f"model {name!r}" if name else "any model"
+        print(f"no pretrained weights are registered for {which}. Any .h5 file written by "
+              "model.save_weights or `larq-esbnn import-torch` loads with weights=PATH.")
+        return 0
+    rows = [("model", "tag", "top", "metric", "source", "location", "sha256")]
+    rows += [(e.model, e.tag, "yes" if e.include_top else "no", e.metric, e.source,
+              e.location, e.sha256[:12]) for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
