@@ -52,6 +52,10 @@ def _train(args):
     if args.epochs:
         recipe = recipe.with_epochs(args.epochs)
     recipe.validate()
+    if args.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     train(recipe, args.output, resume=args.resume, strategy=args.strategy)
 
 
@@ -97,6 +101,8 @@ def add_commands(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "default"])
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic TF ops (bit-identical reruns and resumes; slower)")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, default=0, help="use only the first N test images")
     p.set_defaults(func=_train)
