@@ -77,7 +77,7 @@ def bcdnet_a(
 
 
 bcdnet_b = register_variant(
-    "bcdnet_b", bcdnet_a, "BCDNet-B: BCDNet-A + dynamic contextual thresholds, r=4 (72.3 % reported)", dynamic=True
+    "bcdnet_b", bcdnet_a, "BCDNet-B: BCDNet-A + dynamic contextual thresholds, r=4", dynamic=True
 )
 es_bcdnet_a = register_variant(
     "es_bcdnet_a", bcdnet_a, "ES-BCDNet-A: BCDNet-A with expanding-and-shrinking, tau=2 (new combination, no paper figure)", tau=2

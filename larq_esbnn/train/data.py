@@ -150,11 +150,11 @@ def load_tfds(name, split, data_dir=None):
     builder = tfds.builder(name, data_dir=data_dir)
     builder.download_and_prepare()
     splits = builder.info.splits
-    for candidate in SPLIT_ALIASES.get(split, (split,)):
-        if candidate in splits:
-            break
-    else:
+    candidates = SPLIT_ALIASES.get(split, (split,))
+    available = [c for c in candidates if c in splits]
+    if splits and not available:
         raise ValueError(f"TFDS {name!r} has no {split!r} split; it has {sorted(splits)}")
+    candidate = available[0] if available else candidates[0]  # no split metadata (e.g. mocked data)
     ds = builder.as_dataset(split=candidate, as_supervised=True, shuffle_files=False)
     label = builder.info.features["label"]
     return Split(label.num_classes, list(label.names), tfds=ds)

@@ -1,0 +1,210 @@
+"""Training, resuming, distribution, fine-tuning and evaluation (issue 6)."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from larq_esbnn import cli, models
+from larq_esbnn.train import data as data_lib
+from larq_esbnn.train import trainer
+from larq_esbnn.train.recipe import Recipe, Step
+
+COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+
+
+def make_folder(root, classes=3, train=16, test=6, size=32, seed=0):
+    """A small learnable image folder: each class has its own base colour."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("test", test)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                image = np.clip(np.array(COLORS[c % 3]) + rng.normal(0, 40, (size, size, 3)), 0, 255)
+                tf.io.write_file(str(folder / f"{i:03d}.png"), tf.io.encode_png(image.astype(np.uint8)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("imgs"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LARQ_ESBNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LARQ_ESBNN_QUIET", "1")
+
+
+@pytest.fixture(scope="module")
+def trained(folder, tmp_path_factory):
+    """A two-step run through the CLI contract (shared by several tests)."""
+    out = tmp_path_factory.mktemp("run")
+    os.environ["LARQ_ESBNN_QUIET"] = "1"
+    code = cli.main(["train", "resnet20", "--data", str(folder), "--epochs", "2", "--batch-size", "8",
+                     "--output", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_cli_writes_loadable_weights_and_logs(trained, folder):
+    weights = trained / "weights.h5"
+    assert weights.exists() and (trained / "step1_weights.h5").exists()
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["n"] == 18 and metrics["epochs"] == 2 and metrics["images_per_sec"] > 0
+    assert (trained / "curves.png").stat().st_size > 1000
+    header = (trained / "log_step2.csv").read_text().splitlines()[0]
+    assert "images_per_sec" in header and "val_accuracy" in header
+    assert list((trained / "tensorboard").rglob("events.out.tfevents*"))
+    model = models.get("resnet20", num_classes=3, weights=str(weights))
+    split = data_lib.load(str(folder), "test")
+    assert trainer.evaluate(model, split, 32, 8) == {k: metrics[k] for k in ("top1", "top5", "n")}
+
+
+def test_step2_starts_from_every_step1_tensor(trained):
+    step1 = models.get("resnet20", num_classes=3, binary_weights=False)
+    step1.load_weights(str(trained / "step1_weights.h5"))
+    step2 = models.get("resnet20", num_classes=3)
+    assert [w.shape for w in step1.weights] == [w.shape for w in step2.weights]
+
+
+def test_evaluate_json(trained, folder, capsys):
+    code = cli.main(["evaluate", "resnet20", "--weights", str(trained / "weights.h5"), "--data", str(folder), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"top1", "top5", "n"} and result["n"] == 18 and 0 <= result["top1"] <= 1
+
+
+def test_finetune_replaces_head_and_freezes_backbone(trained, tmp_path):
+    target = make_folder(tmp_path / "two", classes=2, train=8, test=4, seed=1)
+    out = tmp_path / "ft"
+    code = cli.main(["finetune", "resnet20", "--weights", str(trained / "weights.h5"), "--data", str(target),
+                     "--epochs", "1", "--batch-size", "8", "--freeze-backbone", "--output", str(out)])
+    assert code == 0
+    tuned = models.get("resnet20", num_classes=2, weights=str(out / "weights.h5"))
+    base = models.get("resnet20", num_classes=3, weights=str(trained / "weights.h5"))
+    assert tuned.get_layer("head_fc").kernel.shape == (64, 2)
+    for name in ("stem_conv", "l5_conv", "l17_bn"):
+        for a, b in zip(tuned.get_layer(name).get_weights(), base.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_recipe_files_and_overrides():
+    root = pathlib.Path(__file__).resolve().parents[1] / "training"
+    recipe = Recipe.load(root / "resnet20_cifar10.toml")
+    assert [s.binary_weights for s in recipe.steps] == [False, True]
+    assert [s.epochs for s in recipe.with_epochs(5).steps] == [2, 3]
+    assert [s.epochs for s in recipe.with_epochs(1).steps] == [0, 1]
+    with pytest.raises(ValueError, match="unknown recipe keys \\['optimiser'\\]"):
+        Recipe.from_dict({"model": "resnet20", "data": "x", "optimiser": "sgd", "steps": [{"epochs": 1, "lr": 1}]})
+
+
+def test_warmup_cosine_schedule():
+    s = trainer.WarmupCosine(1.0, total=10, warmup=2)
+    values = [float(s(i)) for i in range(11)]
+    assert values[0] == 0 and values[1] == pytest.approx(0.5) and values[2] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(0.0, abs=1e-7) and all(a >= b for a, b in zip(values[2:], values[3:]))
+
+
+def test_weight_decay_groups():
+    opt = trainer.make_optimizer(Step(epochs=1, lr=1e-3, weight_decay=0.01), 10)
+    model = models.resnet20(num_classes=3)
+    decayed = {v.name for v in model.trainable_variables if opt._use_weight_decay(v)}
+    assert any("l0_conv/kernel" in n for n in decayed) and any("head_fc/kernel" in n for n in decayed)
+    assert not any(k in n for n in decayed for k in ("gamma", "beta", "bias", "slope"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(folder, tmp_path):
+    recipe = Recipe(model="resnet20", data=str(folder), batch_size=8, steps=[Step(epochs=2, lr=1e-3)])
+    split_train = data_lib.load(str(folder), "train")
+    split_test = data_lib.load(str(folder), "test")
+    strategy = tf.distribute.get_strategy()
+    student = models.resnet20(num_classes=3)
+    one_epoch = Recipe(**{**recipe.__dict__, "steps": [Step(epochs=1, lr=1e-3)]})
+    trainer.fit_step(student, one_epoch.steps[0], 1, split_train, split_test, tmp_path, one_epoch, strategy)
+    latest = json.loads((tmp_path / "state" / "latest.json").read_text())
+    kernel = student.get_layer("head_fc").kernel
+    kernel.assign(tf.fill(kernel.shape, np.nan))
+    with pytest.raises(trainer.TrainingDiverged, match="loss became nan at step 1, epoch 2.*last good checkpoint"):
+        trainer.fit_step(student, recipe.steps[0], 1, split_train, split_test, tmp_path, recipe, strategy,
+                         resume_epoch=1)
+    assert json.loads((tmp_path / "state" / "latest.json").read_text()) == latest
+
+
+def _train_cmd(folder, out, *extra):
+    return [sys.executable, "-m", "larq_esbnn.cli", "train", "resnet20", "--data", str(folder), "--epochs", "4",
+            "--batch-size", "8", "--deterministic", "--output", str(out), *extra]
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path):
+    folder = make_folder(tmp_path / "imgs", train=24, test=4)
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "LARQ_ESBNN_QUIET": "1", "LARQ_ESBNN_CACHE": str(tmp_path / "c")}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_train_cmd(folder, full), env=env, check=True, capture_output=True, timeout=900)
+    proc = subprocess.Popen(_train_cmd(folder, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "state" / "latest.json"
+    deadline = time.time() + 600
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.exists() and not (killed / "weights.h5").exists(), "the run was not interrupted mid-way"
+    interrupted_at = json.loads(latest.read_text())
+    subprocess.run(_train_cmd(folder, killed, "--resume"), env=env, check=True, capture_output=True, timeout=900)
+    a = models.get("resnet20", num_classes=3, weights=str(full / "weights.h5"))
+    b = models.get("resnet20", num_classes=3, weights=str(killed / "weights.h5"))
+    for wa, wb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(wa.numpy(), wb.numpy(), err_msg=f"{wa.name} after resume from {interrupted_at}")
+
+
+def test_mirrored_strategy_on_two_cpu_devices(folder, tmp_path):
+    script = textwrap.dedent(f"""
+        import os
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from larq_esbnn.train import trainer
+        from larq_esbnn.train.recipe import Recipe, Step
+        strategy = trainer.choose_strategy("mirrored")
+        print("replicas", strategy.num_replicas_in_sync)
+        recipe = Recipe(model="resnet20", data={str(folder)!r}, batch_size=8, steps=[Step(epochs=1, lr=1e-3)])
+        metrics = trainer.train(recipe, {str(tmp_path / 'm')!r}, strategy=strategy)
+        print("n", metrics["n"])
+    """)
+    env = {**os.environ, "LARQ_ESBNN_QUIET": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas 2" in result.stdout and "n 18" in result.stdout
+    assert (tmp_path / "m" / "weights.h5").exists()
+
+
+def test_tfds_path_with_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        split = data_lib.load("cifar10", "train")
+        assert split.num_classes == 10 and len(split) == 12
+        x, y = next(iter(data_lib.dataset(split, 32, 4, True, seed=0, epoch=0)))
+    assert x.shape == (4, 32, 32, 3) and y.shape == (4, 10)
+
+
+def test_data_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data_lib.load("./no/such/folder", "train")
+    (tmp_path / "train").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no class sub-folders"):
+        data_lib.load(str(tmp_path), "train")
+
+
+def test_existing_run_needs_resume(trained, folder):
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        trainer.train(Recipe(model="resnet20", data=str(folder), steps=[Step(epochs=1, lr=1e-3)]), trained)

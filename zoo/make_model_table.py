@@ -1,0 +1,46 @@
+"""Print the README's model table: registry name, trainable parameters, BOPs, FLOPs,
+OPs and memory at the default input size (counted by larq_esbnn.report), CIFAR-10
+top-1 from zoo/cifar10_results.json (measured here), ImageNet top-1 as reported by
+the papers. Run: python zoo/make_model_table.py > zoo/models.md
+"""
+
+import json
+import pathlib
+
+from tqdm import tqdm
+
+from larq_esbnn import models, report
+
+# ImageNet top-1 (%) as printed in the papers (not measured here).
+REPORTED = {
+    "reactnet_a": "69.4 (ReActNet)",
+    "reactnet_18": "65.5 (ReActNet)",
+    "es_reactnet_a": "71.3 (ES-BNN release)",
+    "es_reactnet_18": "68.0 (ES-BNN)",
+    "bcdnet_a": "71.8 (BCDNet)",
+    "bcdnet_a_18": "66.9 (BCDNet)",
+    "bcdnet_b_18": "67.9 (BCDNet)",
+}
+
+
+def main():
+    results_path = pathlib.Path(__file__).with_name("cifar10_results.json")
+    cifar = json.loads(results_path.read_text()) if results_path.exists() else {}
+    lines = [
+        "| model | input | params | BOPs | FLOPs | OPs | memory | CIFAR-10 top-1 (here) | ImageNet top-1 (reported) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in tqdm(models.names(), desc="counting"):
+        entry = models.entry(name)
+        s = report.summary(models.get(name), print_fn=None, larq_summary=False)
+        top1 = f"{100 * cifar[name]['top1']:.2f} %" if name in cifar else "-"
+        lines.append(
+            f"| `{name}` | {entry.input_size} | {s['params'] / 1e6:.2f} M | {s['bops'] / 1e9:.3f}e9 | "
+            f"{s['flops'] / 1e8:.3f}e8 | {s['ops'] / 1e8:.3f}e8 | {s['memory_bytes'] / 2**20:.2f} MiB | "
+            f"{top1} | {REPORTED.get(name, '-')} |"
+        )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
