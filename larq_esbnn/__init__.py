@@ -31,9 +31,6 @@ def _select_keras_2():
 _select_keras_2()
 
 from larq_esbnn import blocks, layers, models, quantizers  # noqa: E402
-try:
-    from larq_esbnn.report import summary  # noqa: E402
-except ImportError:  # pragma: no cover - report module lands with issue 4
-    summary = None
+from larq_esbnn.report import summary  # noqa: E402
 
 __all__ = ["blocks", "layers", "models", "quantizers", "summary", "__version__"]

@@ -183,7 +183,6 @@ def test_es_channel_errors_name_values():
 
 def test_dynamic_thresholds_start_as_static_block():
     """A zero-initialised BCDNet-B block computes exactly its BCDNet-A block."""
-    outs = []
     models = []
     for dynamic in (False, True):
         cfg = blocks.BlockConfig(dynamic=dynamic, ratio=4)
