@@ -34,20 +34,12 @@ def _train(args):
         recipe = default_recipe(args.model, args.data)
     else:
         raise ValueError("give MODEL or --recipe FILE")
-    if args.data:
-        recipe.data = args.data
-    if args.batch_size:
-        recipe.batch_size = args.batch_size
-    if args.image_size:
-        recipe.image_size = args.image_size
-    if args.teacher is not None:
-        recipe.teacher = args.teacher
-    if args.train_limit:
-        recipe.train_limit = args.train_limit
-    if args.test_limit:
-        recipe.test_limit = args.test_limit
-    if args.seed is not None:
-        recipe.seed = args.seed
+    for key in ("data", "batch_size", "image_size", "train_limit", "test_limit"):
+        if getattr(args, key):  # 0 / None: keep the recipe's value
+            setattr(recipe, key, getattr(args, key))
+    for key in ("teacher", "seed"):
+        if getattr(args, key) is not None:
+            setattr(recipe, key, getattr(args, key))
     recipe.model_args.update(_model_args(args.arg))
     if args.epochs:
         recipe = recipe.with_epochs(args.epochs)
