@@ -62,6 +62,14 @@ def test_resnet20_count_follows_from_the_design(tau, groups):
     assert trainable(model) == binary + per_layer + shortcuts + stem + head
 
 
+# SavedModel export traces every layer and takes minutes for the 40M-parameter
+# models; these three hold every layer class of the zoo (BinaryConv2D with the
+# stride-2 flip, ChannelTile, ChannelSplit, RPReLU, LearnableBias, LongShortShift,
+# ContextualThresholds, SymmetricMaxPool2D, two heads), so the other models get
+# the h5 round trip only.
+SAVEDMODEL = {"es_g_resnet20", "bcdnet_b_18", "es_reactnet_a"}
+
+
 @pytest.mark.parametrize("name", models.names())
 def test_builds_runs_and_round_trips(name, tmp_path):
     size = SMALL[name]
@@ -69,7 +77,8 @@ def test_builds_runs_and_round_trips(name, tmp_path):
     x = np.random.RandomState(1).randn(2, size, size, 3).astype(np.float32)
     y = model(x, training=False).numpy()
     assert y.shape == (2, 7) and np.all(np.isfinite(y))
-    for path in (tmp_path / "m.h5", tmp_path / "saved"):
+    paths = [tmp_path / "m.h5"] + ([tmp_path / "saved"] if name in SAVEDMODEL else [])
+    for path in paths:
         model.save(path)
         again = tf.keras.models.load_model(path)
         np.testing.assert_array_equal(again(x, training=False).numpy(), y)

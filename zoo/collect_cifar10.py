@@ -1,0 +1,88 @@
+"""Collect the CIFAR-10 ablation (issue 7) from its run folders.
+
+    python zoo/collect_cifar10.py [RUNS=runs/cifar10] [--ship]
+
+Writes zoo/cifar10_results.json, zoo/cifar10.md (the table) and
+zoo/cifar10_curves.png (test top-1 and training loss per epoch, all four runs).
+With --ship, copies each run's weights.h5 to larq_esbnn/pretrained/<model>_cifar10.h5
+and prints the registry lines (sha256) for larq_esbnn/weights.py.
+"""
+
+import hashlib
+import json
+import pathlib
+import shutil
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODELS = ["resnet20", "es_resnet20", "g_resnet20", "es_g_resnet20"]
+
+
+def read_log(run):
+    rows = []
+    for path in sorted(run.glob("log_step*.csv")):
+        lines = path.read_text().strip().splitlines()
+        header = lines[0].split(",")
+        rows += [dict(zip(header, map(float, line.split(",")))) for line in lines[1:]]
+    return rows
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    runs = pathlib.Path(args[0]) if args else ROOT / "runs" / "cifar10"
+    results = {}
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in MODELS:
+        metrics_path = runs / name / "metrics.json"
+        if not metrics_path.exists():
+            print(f"{name}: not finished ({metrics_path} missing)")
+            continue
+        metrics = json.loads(metrics_path.read_text())
+        recipe = json.loads((runs / name / "recipe.json").read_text())
+        rows = read_log(runs / name)
+        results[name] = {
+            "top1": metrics["top1"], "top5": metrics["top5"], "n": metrics["n"],
+            "epochs": metrics["epochs"], "train_images": recipe["train_limit"] or 50000,
+            "images_per_sec": metrics["images_per_sec"], "wall_time_sec": metrics["wall_time_sec"],
+            "command": f"larq-esbnn train {name} --recipe training/resnet20_cifar10.toml --output runs/cifar10/{name}",
+        }
+        epochs = range(1, len(rows) + 1)
+        ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in rows], marker="o", label=name)
+        ax_loss.plot(epochs, [r["loss"] for r in rows], marker="o", label=name)
+    for ax, label in ((ax_acc, "test top-1 (%)"), (ax_loss, "training loss")):
+        ax.set_xlabel("epoch (steps 1 | 2)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("CIFAR-10 ResNet-20: ES / G ablation (same recipe and seed)")
+    fig.tight_layout()
+    fig.savefig(ROOT / "zoo" / "cifar10_curves.png", dpi=100)
+    (ROOT / "zoo" / "cifar10_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["| model | test top-1 | top-5 | epochs (step 1 + 2) | train images / epoch | images/s (median, shared CPU) | wall time | command |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(
+            f"| `{name}` | {100 * r['top1']:.2f} % | {100 * r['top5']:.2f} % | {r['epochs']} | {r['train_images']:,} | "
+            f"{r['images_per_sec']:.0f} | {r['wall_time_sec'] / 60:.1f} min | `{r['command']}` |"
+        )
+    (ROOT / "zoo" / "cifar10.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if "--ship" in sys.argv:
+        target = ROOT / "larq_esbnn" / "pretrained"
+        target.mkdir(exist_ok=True)
+        for name, r in results.items():
+            dest = target / f"{name}_cifar10.h5"
+            shutil.copyfile(runs / name / "weights.h5", dest)
+            digest = hashlib.sha256(dest.read_bytes()).hexdigest()
+            print(f'    WeightsEntry("{name}", "cifar10", "{dest.name}", "{digest}",\n'
+                  f'                 source="trained by this project (training/resnet20_cifar10.toml)",\n'
+                  f'                 metric="CIFAR-10 test top-1 {100 * r["top1"]:.2f} % (10,000 images)"),')
+
+
+if __name__ == "__main__":
+    main()
