@@ -1,11 +1,13 @@
 """Print the README's model table: registry name, trainable parameters, BOPs, FLOPs,
 OPs and memory at the default input size (counted by larq_esbnn.report), CIFAR-10
 top-1 from zoo/cifar10_results.json (measured here), ImageNet top-1 as reported by
-the papers. Run: python zoo/make_model_table.py > zoo/models.md
+the papers. Counts are cached in zoo/model_counts.json (--recount refreshes them).
+Run: python zoo/make_model_table.py > zoo/models.md
 """
 
 import json
 import pathlib
+import sys
 
 from tqdm import tqdm
 
@@ -30,9 +32,15 @@ def main():
         "| model | input | params | BOPs | FLOPs | OPs | memory | CIFAR-10 top-1 (here) | ImageNet top-1 (reported) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    counts_path = pathlib.Path(__file__).with_name("model_counts.json")
+    counts = json.loads(counts_path.read_text()) if counts_path.exists() else {}
     for name in tqdm(models.names(), desc="counting"):
         entry = models.entry(name)
-        s = report.summary(models.get(name), print_fn=None, larq_summary=False)
+        if name not in counts or "--recount" in sys.argv:
+            full = report.summary(models.get(name), print_fn=None, larq_summary=False)
+            counts[name] = {k: full[k] for k in ("params", "bops", "flops", "ops", "memory_bytes")}
+            counts_path.write_text(json.dumps(counts, indent=2) + "\n")
+        s = counts[name]
         top1 = f"{100 * cifar[name]['top1']:.2f} %" if name in cifar else "-"
         lines.append(
             f"| `{name}` | {entry.input_size} | {s['params'] / 1e6:.2f} M | {s['bops'] / 1e9:.3f}e9 | "

@@ -177,13 +177,19 @@ class StateStore:
 
     @property
     def latest(self):
+        """{"step", "epoch", "prefix"} of the last complete checkpoint, or None. The
+        prefix is stored relative to the folder, so a run folder can be moved."""
         path = self.folder / "latest.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        state = json.loads(path.read_text())
+        state["prefix"] = str(self.folder / pathlib.Path(state["prefix"]).name)
+        return state
 
     def save(self, student, optimizer, step, epoch):
-        prefix = str(self.folder / f"s{step}-e{epoch}")
-        tf.train.Checkpoint(model=student, optimizer=optimizer).write(prefix)
-        _atomic_write_text(self.folder / "latest.json", json.dumps({"step": step, "epoch": epoch, "prefix": prefix}))
+        name = f"s{step}-e{epoch}"
+        tf.train.Checkpoint(model=student, optimizer=optimizer).write(str(self.folder / name))
+        _atomic_write_text(self.folder / "latest.json", json.dumps({"step": step, "epoch": epoch, "prefix": name}))
         done = sorted(self.folder.glob("s*-e*.index"), key=os.path.getmtime)
         for old in done[: -self.keep]:
             for f in self.folder.glob(old.name[: -len(".index")] + ".*"):
