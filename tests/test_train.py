@@ -208,3 +208,18 @@ def test_data_errors(tmp_path):
 def test_existing_run_needs_resume(trained, folder):
     with pytest.raises(FileExistsError, match="pass --resume"):
         trainer.train(Recipe(model="resnet20", data=str(folder), steps=[Step(epochs=1, lr=1e-3)]), trained)
+
+
+def test_distillation_loss_is_the_average_of_ce_and_soft_ce():
+    student = models.bcdnet_a(input_shape=(32, 32, 3), num_classes=3)
+    teacher = tf.keras.Sequential([tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(3)])
+    x = np.random.RandomState(0).randn(4, 32, 32, 3).astype(np.float32)
+    y = tf.one_hot([0, 1, 2, 0], 3)
+    teacher(x)
+    per_example, _ = trainer.BNNTrainer(student, teacher, label_smoothing=0.1)._loss_terms(x, y, False)
+    cls = student.get_layer("head_fc").output
+    dist = student.get_layer("head_fc_dist").output
+    cls, dist = tf.keras.Model(student.inputs, [cls, dist])(x, training=False)
+    ce = tf.keras.losses.categorical_crossentropy(y, cls, from_logits=True, label_smoothing=0.1)
+    soft = -tf.reduce_sum(tf.nn.softmax(teacher(x)) * tf.nn.log_softmax(dist), -1)
+    np.testing.assert_allclose(per_example.numpy(), (0.5 * ce + 0.5 * soft).numpy(), rtol=1e-5)

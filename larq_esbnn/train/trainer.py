@@ -305,7 +305,7 @@ def plot_curves(out):
     return path
 
 
-def load_teacher(spec, num_classes, size):
+def load_teacher(spec):
     if not spec:
         return None
     if os.path.exists(spec):
@@ -327,7 +327,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     test_split = data_lib.load(recipe.data, "test")
     size = recipe.image_size or models.entry(recipe.model).input_size
     model_args = {**recipe.model_args, "num_classes": train_split.num_classes, "input_shape": (size, size, 3)}
-    teacher = load_teacher(recipe.teacher, train_split.num_classes, size)
+    teacher = load_teacher(recipe.teacher)
     previous = None
     for index, step in enumerate(recipe.steps, start=1):
         weights_path = out / f"step{index}_weights.h5"
