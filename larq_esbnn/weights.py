@@ -101,6 +101,9 @@ _ENTRIES = [
     WeightsEntry("g_resnet20", "cifar10", "g_resnet20_cifar10.h5", "7ae828a2296cdbd83d569d5c1b85c376d51b408c8ade62894aa76e453a687c2a",
                  source="trained by this project (training/resnet20_cifar10.toml)",
                  metric="CIFAR-10 test top-1 45.62 % (10,000 images)"),
+    WeightsEntry("es_g_resnet20", "cifar10", "es_g_resnet20_cifar10.h5", "dd487b8a96b0c8e5ad988351ad27942ac79958ca3ddd8c89cc8ab0e515b1bf3c",
+                 source="trained by this project (training/resnet20_cifar10.toml)",
+                 metric="CIFAR-10 test top-1 46.58 % (10,000 images)"),
 ]
 
 
