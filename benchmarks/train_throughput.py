@@ -10,9 +10,9 @@ timed. Prints a table; ratios are relative to the first model.
 import argparse
 import time
 
+import larq_esbnn  # noqa: F401  (first: selects Keras 2 before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
-
 from larq_esbnn import models
 from larq_esbnn.train.trainer import BNNTrainer
 
