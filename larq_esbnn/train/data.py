@@ -198,8 +198,7 @@ def _center(image, size):
 
 
 def _source(split):
-    if split.images is not None:
-        return tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    """(image, label) pairs of a file-list or TFDS split (arrays are handled in dataset())."""
     if split.files is not None:
         def read(path, label):
             raw = tf.io.read_file(path)
