@@ -98,6 +98,25 @@ def test_finetune_replaces_head_and_freezes_backbone(trained, tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+def test_val_limit_only_shortens_the_per_epoch_test_pass(folder, tmp_path, monkeypatch):
+    calls = []
+    original = data_lib.dataset
+
+    def recording(split, size, batch_size, training, *args, **kwargs):
+        if not training:
+            calls.append(kwargs.get("limit"))
+        return original(split, size, batch_size, training, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.data_lib, "dataset", recording)
+    out = tmp_path / "run"
+    code = cli.main(["train", "resnet20", "--data", str(folder), "--epochs", "1", "--batch-size", "8",
+                     "--val-limit", "4", "--output", str(out)])
+    assert code == 0
+    assert calls == [4, None]  # per-epoch validation on 4 images, final evaluation on all
+    assert json.loads((out / "metrics.json").read_text())["n"] == 18
+    assert json.loads((out / "recipe.json").read_text())["val_limit"] == 4
+
+
 def test_recipe_files_and_overrides():
     root = pathlib.Path(__file__).resolve().parents[1] / "training"
     recipe = Recipe.load(root / "resnet20_cifar10.toml")

@@ -35,7 +35,9 @@ def read_log(run):
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     runs = pathlib.Path(args[0]) if args else ROOT / "runs" / "cifar10"
+    rel = runs.resolve().relative_to(ROOT) if runs.resolve().is_relative_to(ROOT) else runs
     results = {}
+    val_label = "test top-1 (%)"
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     for name in MODELS:
         metrics_path = runs / name / "metrics.json"
@@ -48,13 +50,16 @@ def main():
         results[name] = {
             "top1": metrics["top1"], "top5": metrics["top5"], "n": metrics["n"],
             "epochs": metrics["epochs"], "train_images": recipe["train_limit"] or 50000,
+            "steps": [s["epochs"] for s in recipe["steps"]],
             "images_per_sec": metrics["images_per_sec"], "wall_time_sec": metrics["wall_time_sec"],
-            "command": f"larq-esbnn train {name} --recipe training/resnet20_cifar10.toml --output runs/cifar10/{name}",
+            "command": f"larq-esbnn train {name} --recipe training/resnet20_cifar10.toml --output {rel}/{name}",
         }
+        if recipe.get("val_limit"):
+            val_label = f"test top-1 (%), {recipe['val_limit']:,}-image subset"
         epochs = range(1, len(rows) + 1)
         ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in rows], marker="o", label=name)
         ax_loss.plot(epochs, [r["loss"] for r in rows], marker="o", label=name)
-    for ax, label in ((ax_acc, "test top-1 (%)"), (ax_loss, "training loss")):
+    for ax, label in ((ax_acc, val_label), (ax_loss, "training loss")):
         ax.set_xlabel("epoch (steps 1 | 2)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -67,7 +72,8 @@ def main():
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(
-            f"| `{name}` | {100 * r['top1']:.2f} % | {100 * r['top5']:.2f} % | {r['epochs']} | {r['train_images']:,} | "
+            f"| `{name}` | {100 * r['top1']:.2f} % | {100 * r['top5']:.2f} % | {' + '.join(map(str, r['steps']))} | "
+            f"{r['train_images']:,} | "
             f"{r['images_per_sec']:.0f} | {r['wall_time_sec'] / 60:.1f} min | `{r['command']}` |"
         )
     (ROOT / "zoo" / "cifar10.md").write_text("\n".join(lines) + "\n")

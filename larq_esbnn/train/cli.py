@@ -34,7 +34,7 @@ def _train(args):
         recipe = default_recipe(args.model, args.data)
     else:
         raise ValueError("give MODEL or --recipe FILE")
-    for key in ("data", "batch_size", "image_size", "train_limit", "test_limit"):
+    for key in ("data", "batch_size", "image_size", "train_limit", "test_limit", "val_limit"):
         if getattr(args, key):  # 0 / None: keep the recipe's value
             setattr(recipe, key, getattr(args, key))
     for key in ("teacher", "seed"):
@@ -95,8 +95,10 @@ def add_commands(sub):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic TF ops (bit-identical reruns and resumes; slower)")
-    p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images")
-    p.add_argument("--test-limit", type=int, default=0, help="use only the first N test images")
+    p.add_argument("--train-limit", type=int, default=0, help="train on a fixed random subset of N images")
+    p.add_argument("--test-limit", type=int, default=0, help="final evaluation on a fixed subset of N test images")
+    p.add_argument("--val-limit", type=int, default=0,
+                   help="per-epoch test metrics on N test images (default: as --test-limit)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("finetune", parents=[common], help="replace the head and fine-tune a pretrained model")

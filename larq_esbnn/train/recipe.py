@@ -51,8 +51,9 @@ class Recipe:
     teacher: str = ""
     distill_weight: float = 0.5
     steps: list = field(default_factory=list)
-    train_limit: int = 0  # use only the first N training images (0: all)
-    test_limit: int = 0
+    train_limit: int = 0  # use only a fixed random subset of N training images (0: all)
+    test_limit: int = 0  # final evaluation on a fixed subset of N test images (0: all)
+    val_limit: int = 0  # per-epoch test metrics on N images (0: same as test_limit)
 
     @classmethod
     def from_dict(cls, raw):

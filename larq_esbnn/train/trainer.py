@@ -241,7 +241,8 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
         tf.keras.callbacks.CSVLogger(str(out / f"log_step{step_index}.csv"), append=True),
         tf.keras.callbacks.TensorBoard(str(out / "tensorboard" / f"step{step_index}"), write_graph=False, profile_batch=0),
     ]
-    test_ds = data_lib.dataset(test, size, recipe.batch_size, False, limit=recipe.test_limit or None)
+    val_limit = recipe.val_limit or recipe.test_limit or None
+    test_ds = data_lib.dataset(test, size, recipe.batch_size, False, limit=val_limit)
     offset = sum(s.epochs for s in recipe.steps[: step_index - 1])
     for epoch in range(resume_epoch, step.epochs):
         print(f"step {step_index}/{len(recipe.steps)}, epoch {epoch + 1}/{step.epochs}")
