@@ -1,11 +1,17 @@
 """Collect the CIFAR-10 ablation (issue 7) from its run folders.
 
-    python zoo/collect_cifar10.py [RUNS=runs/cifar10] [--ship]
+    python zoo/collect_cifar10.py [RUNS=runs/cifar10] [--ship] [--paired [--limit=N]]
 
 Writes zoo/cifar10_results.json, zoo/cifar10.md (the table) and
 zoo/cifar10_curves.png (test top-1 and training loss per epoch, all four runs).
 With --ship, copies each run's weights.h5 to larq_esbnn/pretrained/<model>_cifar10.h5
 and prints the registry lines (sha256) for larq_esbnn/weights.py.
+
+With --paired, also predicts the test set with every run's weights (checking that
+the top-1 equals metrics.json) and compares each variant with resnet20 image by
+image: difference in top-1 with a 95 % paired-bootstrap interval and the counts of
+images only one of the two gets right. This measures the test-set sampling noise
+of a difference, not the spread between training seeds.
 """
 
 import hashlib
@@ -30,6 +36,51 @@ def read_log(run):
         header = lines[0].split(",")
         rows += [dict(zip(header, map(float, line.split(",")))) for line in lines[1:]]
     return rows
+
+
+def test_correct(name, weights, data, limit=None):
+    """Per-image top-1 correctness (bool array) of a run's weights on the test split."""
+    import numpy as np
+
+    # isort: off
+    from larq_esbnn import models  # first: selects Keras 2 before TensorFlow loads
+    from larq_esbnn.train import data as data_lib
+    import tensorflow as tf
+    # isort: on
+
+    model = models.get(name, weights=str(weights))
+    split = data_lib.load(data, "test")
+    predict = tf.function(lambda x: model(x, training=False))
+    correct = [
+        np.argmax(predict(x), -1) == np.argmax(y, -1)
+        for x, y in data_lib.dataset(split, 32, 500, False, limit=limit)
+    ]
+    return np.concatenate(correct)
+
+
+def paired_table(runs, results, data, limit=None, resamples=2000):
+    import numpy as np
+    from tqdm import tqdm
+
+    correct = {}
+    for name in tqdm(list(results), desc="predicting the test set", unit="model"):
+        correct[name] = test_correct(name, runs / name / "weights.h5", data, limit)
+        if limit is None and correct[name].mean() != results[name]["top1"]:
+            raise RuntimeError(f"{name}: top-1 {correct[name].mean()} differs from metrics.json {results[name]['top1']}")
+    base = correct["resnet20"]
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(base), (resamples, len(base)))
+    lines = ["| model | top-1 vs resnet20 | 95 % paired bootstrap | only this model right | only resnet20 right |",
+             "|---|---|---|---|---|"]
+    for name, c in correct.items():
+        if name == "resnet20":
+            continue
+        diff = c.astype(float) - base
+        low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
+        lines.append(f"| `{name}` | {100 * diff.mean():+.2f} pt | [{100 * low:+.2f}, {100 * high:+.2f}] pt | "
+                     f"{int((c & ~base).sum())} | {int((base & ~c).sum())} |")
+        results[name]["vs_resnet20"] = {"diff": float(diff.mean()), "ci95": [float(low), float(high)]}
+    return lines
 
 
 def main():
@@ -67,6 +118,16 @@ def main():
     fig.suptitle("CIFAR-10 ResNet-20: ES / G ablation (same recipe and seed)")
     fig.tight_layout()
     fig.savefig(ROOT / "zoo" / "cifar10_curves.png", dpi=100)
+    if "--paired" in sys.argv and "resnet20" in results:
+        recipe = json.loads((runs / "resnet20" / "recipe.json").read_text())
+        data = recipe["data"] if pathlib.Path(recipe["data"]).is_absolute() else str(ROOT / recipe["data"])
+        limit = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--limit=")), None)
+        paired = paired_table(runs, results, data, limit)
+        if limit:  # a quick check of the script itself; nothing is written
+            print("\n".join(paired))
+            return
+    else:
+        paired = []
     (ROOT / "zoo" / "cifar10_results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["| model | test top-1 | top-5 | epochs (step 1 + 2) | train images / epoch | images/s (median, shared CPU) | wall time | command |",
              "|---|---|---|---|---|---|---|---|"]
@@ -76,6 +137,8 @@ def main():
             f"{r['train_images']:,} | "
             f"{r['images_per_sec']:.0f} | {r['wall_time_sec'] / 60:.1f} min | `{r['command']}` |"
         )
+    if paired:
+        lines += ["", "Paired comparison on the same 10,000 test images (test-set sampling only):", "", *paired]
     (ROOT / "zoo" / "cifar10.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if "--ship" in sys.argv:
