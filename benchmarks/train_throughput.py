@@ -4,7 +4,10 @@
     python benchmarks/train_throughput.py [--batch-size 128] [--steps 30] [MODEL ...]
 
 Random 32x32 inputs (no data pipeline cost); the first 5 steps (tracing) are not
-timed. Prints a table; ratios are relative to the first model.
+timed. Prints a table; ratios are relative to the first model. The model name
+``plain_larq_resnet20`` is a reference written here with nothing but stock larq
+layers (``QuantConv2D`` with ste_sign, BN, the same widths and shortcuts, no RSign /
+RPReLU / flip padding): it shows what the package's own layers cost.
 """
 
 import argparse
@@ -17,8 +20,27 @@ from larq_esbnn import models
 from larq_esbnn.train.trainer import BNNTrainer
 
 
+def plain_larq_resnet20():
+    """Stock-larq binary ResNet-20 of the same shape, for reference only."""
+    import larq as lq
+
+    layers = tf.keras.layers
+    binary = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
+                  use_bias=False, padding="same")
+    inputs = tf.keras.Input((32, 32, 3))
+    x = layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs))
+    for width, stride in [(16, 1)] * 6 + [(32, 2)] + [(32, 1)] * 5 + [(64, 2)] + [(64, 1)] * 5:
+        y = layers.BatchNormalization()(lq.layers.QuantConv2D(width, 3, strides=stride, **binary)(x))
+        if stride > 1:
+            x = layers.AveragePooling2D(stride)(x)
+            x = layers.BatchNormalization()(layers.Conv2D(width, 1, use_bias=False)(x))
+        x = layers.Add()([y, x])
+    outputs = layers.Dense(10)(layers.GlobalAveragePooling2D()(x))
+    return tf.keras.Model(inputs, outputs, name="plain_larq_resnet20")
+
+
 def measure(name, batch_size, steps, warmup=5):
-    model = models.get(name)
+    model = plain_larq_resnet20() if name == "plain_larq_resnet20" else models.get(name)
     trainer = BNNTrainer(model)
     trainer.compile(optimizer=tf.keras.optimizers.AdamW(1e-4))
     rng = np.random.default_rng(0)
