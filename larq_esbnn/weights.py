@@ -90,20 +90,19 @@ class WeightsEntry:
         return self.url or f"larq_esbnn/pretrained/{self.filename}"
 
 
+def _trained_here(model, sha256, top1):
+    """A CIFAR-10 file trained by ``training/resnet20_cifar10.toml`` and shipped in the package."""
+    return WeightsEntry(model, "cifar10", f"{model}_cifar10.h5", sha256,
+                        source="trained by this project (training/resnet20_cifar10.toml)",
+                        metric=f"CIFAR-10 test top-1 {top1} % (10,000 images)")
+
+
 # One line per weights file; see the module docstring.
 _ENTRIES = [
-    WeightsEntry("resnet20", "cifar10", "resnet20_cifar10.h5", "37847dcffab622ff24b46e23e0f7a31971cce02699cbc5d10e2f68817efe938c",
-                 source="trained by this project (training/resnet20_cifar10.toml)",
-                 metric="CIFAR-10 test top-1 46.27 % (10,000 images)"),
-    WeightsEntry("es_resnet20", "cifar10", "es_resnet20_cifar10.h5", "25f1014ffbc4b912f00fc8f23e495c70150b42cee3c501ca6769da2dbb651c7c",
-                 source="trained by this project (training/resnet20_cifar10.toml)",
-                 metric="CIFAR-10 test top-1 48.58 % (10,000 images)"),
-    WeightsEntry("g_resnet20", "cifar10", "g_resnet20_cifar10.h5", "ec644cdcd301a66100b116be202ae367bb8355716e4c90a8ffa117ee5d322434",
-                 source="trained by this project (training/resnet20_cifar10.toml)",
-                 metric="CIFAR-10 test top-1 48.02 % (10,000 images)"),
-    WeightsEntry("es_g_resnet20", "cifar10", "es_g_resnet20_cifar10.h5", "fd17e5ea37a2795076861573418402ee3d63f84f045b875aefadfadb1c6bb7e6",
-                 source="trained by this project (training/resnet20_cifar10.toml)",
-                 metric="CIFAR-10 test top-1 50.74 % (10,000 images)"),
+    _trained_here("resnet20", "37847dcffab622ff24b46e23e0f7a31971cce02699cbc5d10e2f68817efe938c", "46.27"),
+    _trained_here("es_resnet20", "25f1014ffbc4b912f00fc8f23e495c70150b42cee3c501ca6769da2dbb651c7c", "48.58"),
+    _trained_here("g_resnet20", "ec644cdcd301a66100b116be202ae367bb8355716e4c90a8ffa117ee5d322434", "48.02"),
+    _trained_here("es_g_resnet20", "fd17e5ea37a2795076861573418402ee3d63f84f045b875aefadfadb1c6bb7e6", "50.74"),
 ]
 
 

@@ -4,6 +4,8 @@ import hashlib
 import http.server
 import json
 import os
+import re
+import tarfile
 import threading
 
 import h5py
@@ -331,9 +333,6 @@ def test_cli_list_and_fetch(server, cache, good_file, monkeypatch, capsys):
 def test_shipped_baseline_reproduces_its_registered_top1(cifar10_dir, tmp_path, monkeypatch, capsys):
     """The shipped resnet20 CIFAR-10 weights evaluate to the figure in the registry
     (and the README table) on all 10,000 test images."""
-    import re
-    import tarfile
-
     monkeypatch.setenv("LARQ_ESBNN_CACHE", str(tmp_path / "cache"))
     with tarfile.open(cifar10_dir / "test.tar.gz") as archive:
         archive.extractall(tmp_path / "data", filter="data")

@@ -38,24 +38,17 @@ def read_log(run):
     return rows
 
 
-def test_correct(name, weights, data, limit=None):
+def per_image_correct(name, weights, data, limit=None):
     """Per-image top-1 correctness (bool array) of a run's weights on the test split."""
     import numpy as np
 
-    # isort: off
-    from larq_esbnn import models  # first: selects Keras 2 before TensorFlow loads
+    from larq_esbnn import models
     from larq_esbnn.train import data as data_lib
-    import tensorflow as tf
-    # isort: on
+    from larq_esbnn.train.trainer import predict_batches
 
     model = models.get(name, weights=str(weights))
-    split = data_lib.load(data, "test")
-    predict = tf.function(lambda x: model(x, training=False))
-    correct = [
-        np.argmax(predict(x), -1) == np.argmax(y, -1)
-        for x, y in data_lib.dataset(split, 32, 500, False, limit=limit)
-    ]
-    return np.concatenate(correct)
+    batches = predict_batches(model, data_lib.load(data, "test"), 32, 500, limit)
+    return np.concatenate([np.argmax(logits, -1) == labels.numpy() for logits, labels in batches])
 
 
 def paired_table(runs, results, data, limit=None, resamples=2000):
@@ -64,7 +57,7 @@ def paired_table(runs, results, data, limit=None, resamples=2000):
 
     correct = {}
     for name in tqdm(list(results), desc="predicting the test set", unit="model"):
-        correct[name] = test_correct(name, runs / name / "weights.h5", data, limit)
+        correct[name] = per_image_correct(name, runs / name / "weights.h5", data, limit)
         if limit is None and correct[name].mean() != results[name]["top1"]:
             raise RuntimeError(f"{name}: top-1 {correct[name].mean()} differs from metrics.json {results[name]['top1']}")
     base = correct["resnet20"]
@@ -148,9 +141,7 @@ def main():
             dest = target / f"{name}_cifar10.h5"
             shutil.copyfile(runs / name / "weights.h5", dest)
             digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-            print(f'    WeightsEntry("{name}", "cifar10", "{dest.name}", "{digest}",\n'
-                  f'                 source="trained by this project (training/resnet20_cifar10.toml)",\n'
-                  f'                 metric="CIFAR-10 test top-1 {100 * r["top1"]:.2f} % (10,000 images)"),')
+            print(f'    _trained_here("{name}", "{digest}", "{100 * r["top1"]:.2f}"),')
 
 
 if __name__ == "__main__":

@@ -368,18 +368,22 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     return metrics
 
 
-def evaluate(model, split, size=None, batch_size=256, limit=None):
-    """Top-1 / top-5 accuracy and image count of ``model`` on ``split``."""
+def predict_batches(model, split, size=None, batch_size=256, limit=None):
+    """Yield ``(logits, labels)`` of ``model`` on ``split`` batch by batch, in order."""
     from tqdm import tqdm
 
     size = size or model.input_shape[1]
     ds = data_lib.dataset(split, size, batch_size, False, limit=limit)
     predict = tf.function(lambda x: model(x, training=False))
-    top1 = top5 = n = 0
     total = math.ceil((limit or len(split)) / batch_size)
     for x, y in tqdm(ds, total=total, desc="evaluating", unit="batch"):
-        logits = predict(x)
-        labels = tf.argmax(y, -1)
+        yield predict(x), tf.argmax(y, -1)
+
+
+def evaluate(model, split, size=None, batch_size=256, limit=None):
+    """Top-1 / top-5 accuracy and image count of ``model`` on ``split``."""
+    top1 = top5 = n = 0
+    for logits, labels in predict_batches(model, split, size, batch_size, limit):
         top1 += int(tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == labels, tf.int32)))
         k = min(5, logits.shape[-1])
         top5 += int(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int32)))
