@@ -12,6 +12,7 @@ Functions take a Keras tensor and return one; layer names follow a fixed scheme
 (``b3_conv1``, ``mlp2_long`` ...) that the weight importer and reports rely on.
 """
 
+import functools
 from dataclasses import dataclass
 
 import larq as lq
@@ -187,6 +188,26 @@ def basic_layer(x, out_channels, strides, cfg, name):
         shortcut = layers.Conv2D(out_channels * w, 1, use_bias=False, name=f"{name}_sc_conv")(shortcut)
         shortcut = cfg.bn(f"{name}_sc_bn")(shortcut)
     return RPReLU(name=f"{name}_rprelu")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+
+def real_basic_block(x, out_channels, strides, cfg, name):
+    """Real-valued ResNet basic block (He et al. 2016), the teacher's block.
+
+    conv 3x3 (stride s) -> BN -> ReLU -> conv 3x3 -> BN, + shortcut -> ReLU; the
+    shortcut is ``x`` or, when the stride or width changes, AvgPool 2x2 -> 1x1
+    conv -> BN (the same downsampling shortcut as :func:`basic_layer`).
+    """
+    conv = functools.partial(layers.Conv2D, kernel_size=3, padding="same", use_bias=False)
+    y = conv(out_channels, strides=strides, name=f"{name}_conv1")(x)
+    y = layers.ReLU(name=f"{name}_relu1")(cfg.bn(f"{name}_bn1")(y))
+    y = cfg.bn(f"{name}_bn2")(conv(out_channels, name=f"{name}_conv2")(y))
+    shortcut = x
+    if strides != 1 or x.shape[-1] != out_channels:
+        if strides != 1:
+            shortcut = layers.AveragePooling2D(strides, name=f"{name}_pool")(shortcut)
+        shortcut = layers.Conv2D(out_channels, 1, use_bias=False, name=f"{name}_sc_conv")(shortcut)
+        shortcut = cfg.bn(f"{name}_sc_bn")(shortcut)
+    return layers.ReLU(name=f"{name}_relu")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
 def mlp_block(x, cfg, name, long_shift=None, point_only=False):

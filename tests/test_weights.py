@@ -332,12 +332,14 @@ def test_cli_list_and_fetch(server, cache, good_file, monkeypatch, capsys):
 
 def test_shipped_baseline_reproduces_its_registered_top1(cifar10_dir, tmp_path, monkeypatch, capsys):
     """The shipped resnet20 CIFAR-10 weights evaluate to the figure in the registry
-    (and the README table) on all 10,000 test images."""
+    (and the README table) on all 10,000 test images, within
+    ``weights.TOP1_TOLERANCE`` (0.05 points = 5 images): another machine's float
+    kernels can flip a sign near zero and so one or two predictions."""
     monkeypatch.setenv("LARQ_ESBNN_CACHE", str(tmp_path / "cache"))
     with tarfile.open(cifar10_dir / "test.tar.gz") as archive:
         archive.extractall(tmp_path / "data", filter="data")
-    registered = float(re.search(r"top-1 ([\d.]+) %", weights.entry("resnet20", "cifar10").metric).group(1))
+    registered = weights.registered_top1("resnet20", "cifar10")
     assert cli.main(["evaluate", "resnet20", "--weights", "cifar10", "--data", str(tmp_path / "data"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n"] == 10000
-    assert f"{100 * result['top1']:.2f}" == f"{registered:.2f}"
+    assert abs(result["top1"] - registered) <= weights.TOP1_TOLERANCE, (result, registered)

@@ -57,6 +57,44 @@ def resnet20(
     return finish(inputs, x, name, weights)
 
 
+@register_model("resnet20_fp", "Real-valued ResNet-20 (He et al.), the CIFAR-10 distillation teacher", input_size=32)
+def resnet20_fp(
+    *,
+    input_shape=None,
+    input_tensor=None,
+    weights=None,
+    include_top=True,
+    num_classes=10,
+    width=1,
+    bn_momentum=0.9,
+    classifier_activation=None,
+    name="resnet20_fp",
+):
+    """Real-valued ResNet-20: 3x3 stem 3 -> 16 w + BN + ReLU, three stages (16, 32,
+    64 times ``width``) of 3 basic blocks (two 3x3 convs each), stride 2 at the
+    first block of stages 2 and 3 with an AvgPool + 1x1 conv + BN shortcut, GAP ->
+    dense. Used as the distillation teacher of the binary ResNet-20 family.
+
+    Trainable parameters at width 1, 10 classes: 3x3 convs 9 (3*16 + 16*16*6 +
+    16*32 + 32*32*5 + 32*64 + 64*64*5) = 267,696, shortcuts 16*32 + 32*64 = 2,560,
+    BN 2 (16 + 16*6 + 32*7 + 64*7) = 1,568, head 650: 272,474.
+    """
+    check_num_classes(name, num_classes)
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"{name}: width must be a positive integer, got {width!r}")
+    cfg = blocks.BlockConfig(bn_momentum=bn_momentum)
+    x, inputs = model_input(name, input_shape, input_tensor, 32, 4, 8)
+    x = layers.Conv2D(16 * width, 3, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.ReLU(name="stem_relu")(cfg.bn("stem_bn")(x))
+    for s, channels in enumerate([16, 32, 64]):
+        for j in range(3):
+            strides = 2 if (s > 0 and j == 0) else 1
+            x = blocks.real_basic_block(x, channels * width, strides, cfg, f"l{3 * s + j}")
+    if include_top:
+        x = blocks.classifier(x, num_classes, cfg, 1, "all", classifier_activation)
+    return finish(inputs, x, name, weights)
+
+
 es_resnet20 = register_variant("es_resnet20", resnet20, "ResNet-20 with expanding-and-shrinking, tau=2", 32, tau=2)
 g_resnet20 = register_variant("g_resnet20", resnet20, "ResNet-20 with binary group convs, groups=2", 32, groups=2)
 es_g_resnet20 = register_variant(

@@ -9,6 +9,7 @@ Output folder layout (``DIR``)::
     log.csv, tensorboard/, curves.png, metrics.json
 """
 
+import inspect
 import json
 import math
 import os
@@ -314,6 +315,16 @@ def load_teacher(spec):
     raise FileNotFoundError(f"teacher {spec!r} is not a Keras model file")
 
 
+def _step_args(model_name, step):
+    """``binary_weights`` of the step, for models that have binary weights (a
+    real-valued teacher has none, and refuses ``binary_weights=False`` steps)."""
+    if "binary_weights" in inspect.signature(models.entry(model_name).factory).parameters:
+        return {"binary_weights": step.binary_weights}
+    if not step.binary_weights:
+        raise ValueError(f"{model_name} has no binary weights; remove binary_weights = false from its recipe steps")
+    return {}
+
+
 def train(recipe: Recipe, output, resume=False, strategy="auto"):
     """Run every step of ``recipe`` into ``output``; returns the final metrics dict."""
     out = pathlib.Path(output)
@@ -335,7 +346,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
         if step.epochs == 0:
             continue
         with strategy.scope():
-            student = models.get(recipe.model, binary_weights=step.binary_weights, **model_args)
+            student = models.get(recipe.model, **model_args, **_step_args(recipe.model, step))
         if state and state["step"] > index and weights_path.exists():
             previous = weights_path
             continue
