@@ -4,7 +4,6 @@ import hashlib
 import http.server
 import json
 import os
-import re
 import tarfile
 import threading
 
