@@ -60,5 +60,26 @@ class ScaledBinaryWeight(lq.quantizers.Quantizer):
         return scaled_binary_weight(inputs)
 
 
+@tf.custom_gradient
+def approx_sign_train(x):
+    r"""``approx_sign`` for training graphs, in fewer element-wise passes.
+
+    Forward \(\mathrm{sign}(x)\) with \(\mathrm{sign}(0) = +1\), written as one
+    compare and one select (larq's ``sign(sign(x) + 0.1)`` takes three passes);
+    backward \(2\,\mathrm{relu}(1 - |x|)\, dy\), which is larq's
+    \(\mathbf{1}_{|x| \le 1} (1 - |x|) \cdot 2 \cdot dy\) value for value, in
+    four passes instead of seven. Both directions equal larq's bit for bit. Used
+    only on the training path (``training=True``): the inference graph keeps
+    larq's quantizer, the pattern LCE recognises as a binary conv input.
+    """
+    out = tf.where(x >= 0, tf.constant(1, x.dtype), tf.constant(-1, x.dtype))
+
+    def grad(dy):
+        with tf.name_scope("approx_sign_grad"):
+            return tf.nn.relu(1 - tf.abs(x)) * 2 * dy
+
+    return out, grad
+
+
 def get_activation_quantizer():
     return lq.quantizers.get(ACTIVATION_QUANTIZER)

@@ -1,11 +1,17 @@
-"""Collect the CIFAR-10 ablation (issue 7) from its run folders.
+"""Collect the CIFAR-10 ablation (issue 13) from its run folders.
 
     python zoo/collect_cifar10.py [RUNS=runs/cifar10] [--ship] [--paired [--limit=N]]
+        [--throughput benchmarks/results_train.md]
 
-Writes zoo/cifar10_results.json, zoo/cifar10.md (the table) and
-zoo/cifar10_curves.png (test top-1 and training loss per epoch, all four runs).
-With --ship, copies each run's weights.h5 to larq_esbnn/pretrained/<model>_cifar10.h5
-and prints the registry lines (sha256) for larq_esbnn/weights.py.
+RUNS holds one folder per run: the four variants (``resnet20``, ``es_resnet20``,
+``g_resnet20``, ``es_g_resnet20``), second seeds (``<model>_seed1``) and the
+real-valued teacher ``resnet20_fp``. Writes zoo/cifar10_results.json,
+zoo/cifar10.md (the tables) and zoo/cifar10_curves.png (test top-1 and training
+loss per epoch). With --ship, copies the seed-0 weights of each model to
+larq_esbnn/pretrained/<model>_cifar10.h5 and prints the registry lines (sha256)
+for larq_esbnn/weights.py. ``--throughput`` reads the fused-path images/s of
+each variant from the training benchmark and adds the equal-wall-time axis:
+each variant's test top-1 after the epochs that fit the baseline's training time.
 
 With --paired, also predicts the test set with every run's weights (checking that
 the top-1 equals metrics.json) and compares each variant with resnet20 image by
@@ -27,6 +33,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ["resnet20", "es_resnet20", "g_resnet20", "es_g_resnet20"]
+TEACHER = "resnet20_fp"
+RUNS = [TEACHER, *MODELS, "resnet20_seed1", "es_resnet20_seed1"]
+TRAIN_IMAGES = 50000
+
+
+def model_of(run):
+    """``es_resnet20_seed1`` -> (``es_resnet20``, 1); ``resnet20`` -> (``resnet20``, 0)."""
+    base, _, seed = run.partition("_seed")
+    return base, int(seed or 0)
+
+
+def idle_throughput(path):
+    """Fused-path images/s per model from benchmarks/results_train.md."""
+    out = {}
+    for line in pathlib.Path(path).read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) >= 5 and cells[1] in ("fused", "stock larq, model.fit") and cells[4].isdigit():
+            out[cells[0]] = float(cells[4])
+    return out
 
 
 def read_log(run):
@@ -58,64 +83,97 @@ def paired_table(runs, results, data, limit=None, resamples=2000):
     from larq_esbnn.weights import TOP1_TOLERANCE
 
     correct = {}
-    for name in tqdm(list(results), desc="predicting the test set", unit="model"):
-        correct[name] = per_image_correct(name, runs / name / "weights.h5", data, limit)
+    for run in tqdm(list(results), desc="predicting the test set", unit="run"):
+        correct[run] = per_image_correct(model_of(run)[0], runs / run / "weights.h5", data, limit)
         # metrics.json may come from another machine or thread count: allow the
         # registry's tolerance (a few sign flips near zero), not bit equality
-        if limit is None and abs(correct[name].mean() - results[name]["top1"]) > TOP1_TOLERANCE:
-            raise RuntimeError(f"{name}: top-1 {correct[name].mean()} differs from metrics.json "
-                               f"{results[name]['top1']} by more than {TOP1_TOLERANCE}")
+        if limit is None and abs(correct[run].mean() - results[run]["top1"]) > TOP1_TOLERANCE:
+            raise RuntimeError(f"{run}: top-1 {correct[run].mean()} differs from metrics.json "
+                               f"{results[run]['top1']} by more than {TOP1_TOLERANCE}")
     base = correct["resnet20"]
     rng = np.random.default_rng(0)
     picks = rng.integers(0, len(base), (resamples, len(base)))
-    lines = ["| model | top-1 vs resnet20 | 95 % paired bootstrap | only this model right | only resnet20 right |",
+    lines = ["| run | top-1 vs resnet20 (seed 0) | 95 % paired bootstrap | only this run right | only resnet20 right |",
              "|---|---|---|---|---|"]
-    for name, c in correct.items():
-        if name == "resnet20":
+    for run, c in correct.items():
+        if run in ("resnet20", TEACHER):
             continue
         diff = c.astype(float) - base
         low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
-        lines.append(f"| `{name}` | {100 * diff.mean():+.2f} pt | [{100 * low:+.2f}, {100 * high:+.2f}] pt | "
+        lines.append(f"| `{run}` | {100 * diff.mean():+.2f} pt | [{100 * low:+.2f}, {100 * high:+.2f}] pt | "
                      f"{int((c & ~base).sum())} | {int((base & ~c).sum())} |")
-        results[name]["vs_resnet20"] = {"diff": float(diff.mean()), "ci95": [float(low), float(high)]}
+        results[run]["vs_resnet20"] = {"diff": float(diff.mean()), "ci95": [float(low), float(high)]}
+    return lines
+
+
+def equal_time_table(results, rows_by_run, speeds):
+    """Each variant's test top-1 (per-epoch subset) after the epochs its idle
+    fused-path speed fits into the baseline's total training time."""
+    base_epochs = results["resnet20"]["epochs"]
+    budget = base_epochs * TRAIN_IMAGES / speeds["resnet20"]
+    lines = [f"Equal wall time: the baseline's {base_epochs} epochs take {budget / 60:.1f} min at its idle speed "
+             f"({speeds['resnet20']:.0f} images/s, fused path, benchmarks/results_train.md).", "",
+             "| model | idle images/s | epochs in that time | test top-1 at that epoch (per-epoch subset) |",
+             "|---|---|---|---|"]
+    for run in MODELS:
+        if run not in results or run not in speeds:
+            continue
+        fit = min(int(budget * speeds[run] // TRAIN_IMAGES), len(rows_by_run[run]))
+        acc = f"{100 * rows_by_run[run][fit - 1]['val_accuracy']:.2f} %" if fit else "- (less than one epoch)"
+        lines.append(f"| `{run}` | {speeds[run]:.0f} | {fit} of {results[run]['epochs']} | {acc} |")
+    return lines
+
+
+def seed_table(results):
+    lines = ["| model | seed 0 | seed 1 | spread (seed 1 - seed 0) |", "|---|---|---|---|"]
+    for model in MODELS:
+        a, b = results.get(model), results.get(f"{model}_seed1")
+        if a and b:
+            lines.append(f"| `{model}` | {100 * a['top1']:.2f} % | {100 * b['top1']:.2f} % | "
+                         f"{100 * (b['top1'] - a['top1']):+.2f} pt |")
     return lines
 
 
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     runs = pathlib.Path(args[0]) if args else ROOT / "runs" / "cifar10"
-    rel = runs.resolve().relative_to(ROOT) if runs.resolve().is_relative_to(ROOT) else runs
-    results = {}
+    results, rows_by_run = {}, {}
     val_label = "test top-1 (%)"
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in MODELS:
-        metrics_path = runs / name / "metrics.json"
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for run in RUNS:
+        metrics_path = runs / run / "metrics.json"
         if not metrics_path.exists():
-            print(f"{name}: not finished ({metrics_path} missing)")
+            print(f"{run}: not finished ({metrics_path} missing)")
             continue
         metrics = json.loads(metrics_path.read_text())
-        recipe = json.loads((runs / name / "recipe.json").read_text())
-        rows = read_log(runs / name)
-        results[name] = {
+        recipe = json.loads((runs / run / "recipe.json").read_text())
+        rows = rows_by_run[run] = read_log(runs / run)
+        model, seed = model_of(run)
+        recipe_file = "resnet20_fp_cifar10.toml" if model == TEACHER else "resnet20_cifar10.toml"
+        seed_arg = f" --seed {seed}" if seed else ""
+        results[run] = {
+            "model": model, "seed": recipe["seed"],
             "top1": metrics["top1"], "top5": metrics["top5"], "n": metrics["n"],
-            "epochs": metrics["epochs"], "train_images": recipe["train_limit"] or 50000,
-            "steps": [s["epochs"] for s in recipe["steps"]],
+            "epochs": metrics["epochs"], "train_images": recipe["train_limit"] or TRAIN_IMAGES,
+            "steps": [s["epochs"] for s in recipe["steps"]], "teacher": recipe["teacher"],
             "images_per_sec": metrics["images_per_sec"], "wall_time_sec": metrics["wall_time_sec"],
-            "command": f"larq-esbnn train {name} --recipe training/resnet20_cifar10.toml --output {rel}/{name}",
+            "command": f"larq-esbnn train {model} --recipe training/{recipe_file}{seed_arg} --output RUNS/{run}",
         }
         if recipe.get("val_limit"):
             val_label = f"test top-1 (%), {recipe['val_limit']:,}-image subset"
         epochs = range(1, len(rows) + 1)
-        ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in rows], marker="o", label=name)
-        ax_loss.plot(epochs, [r["loss"] for r in rows], marker="o", label=name)
+        style = "--" if seed else "-"
+        ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in rows], style, marker="o", label=run)
+        ax_loss.plot(epochs, [r["loss"] for r in rows], style, marker="o", label=run)
     for ax, label in ((ax_acc, val_label), (ax_loss, "training loss")):
-        ax.set_xlabel("epoch (steps 1 | 2)")
+        ax.set_xlabel("epoch (step 1, then step 2)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("CIFAR-10 ResNet-20: ES / G ablation (same recipe and seed)")
+        ax.legend(fontsize=8)
+    fig.suptitle("CIFAR-10 ResNet-20: teacher and ES / G ablation (same recipe; dashed: second seed)")
     fig.tight_layout()
     fig.savefig(ROOT / "zoo" / "cifar10_curves.png", dpi=100)
+    paired = []
     if "--paired" in sys.argv and "resnet20" in results:
         recipe = json.loads((runs / "resnet20" / "recipe.json").read_text())
         data = recipe["data"] if pathlib.Path(recipe["data"]).is_absolute() else str(ROOT / recipe["data"])
@@ -124,29 +182,36 @@ def main():
         if limit:  # a quick check of the script itself; nothing is written
             print("\n".join(paired))
             return
-    else:
-        paired = []
+    throughput = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--throughput=")), None)
+    timed = equal_time_table(results, rows_by_run, idle_throughput(throughput)) if throughput else []
     (ROOT / "zoo" / "cifar10_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["| model | test top-1 | top-5 | epochs (step 1 + 2) | train images / epoch | images/s (median, shared CPU) | wall time | command |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
+    lines = ["| run | test top-1 | top-5 | epochs (step 1 + 2) | train images / epoch | teacher | images/s in the run (shared CPU) | wall time | command |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run, r in results.items():
         lines.append(
-            f"| `{name}` | {100 * r['top1']:.2f} % | {100 * r['top5']:.2f} % | {' + '.join(map(str, r['steps']))} | "
-            f"{r['train_images']:,} | "
+            f"| `{run}` | {100 * r['top1']:.2f} % | {100 * r['top5']:.2f} % | {' + '.join(map(str, r['steps']))} | "
+            f"{r['train_images']:,} | {r['teacher'] or '-'} | "
             f"{r['images_per_sec']:.0f} | {r['wall_time_sec'] / 60:.1f} min | `{r['command']}` |"
         )
+    seeds = seed_table(results)
+    if len(seeds) > 2:
+        lines += ["", "Seed spread (same recipe, `--seed 1`):", "", *seeds]
     if paired:
         lines += ["", "Paired comparison on the same 10,000 test images (test-set sampling only):", "", *paired]
+    if timed:
+        lines += ["", *timed]
     (ROOT / "zoo" / "cifar10.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if "--ship" in sys.argv:
         target = ROOT / "larq_esbnn" / "pretrained"
         target.mkdir(exist_ok=True)
-        for name, r in results.items():
-            dest = target / f"{name}_cifar10.h5"
-            shutil.copyfile(runs / name / "weights.h5", dest)
+        for run, r in results.items():
+            if r["seed"] != 0:
+                continue
+            dest = target / f"{run}_cifar10.h5"
+            shutil.copyfile(runs / run / "weights.h5", dest)
             digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-            print(f'    _trained_here("{name}", "{digest}", "{100 * r["top1"]:.2f}"),')
+            print(f'    _trained_here("{run}", "{digest}", "{100 * r["top1"]:.2f}"),')
 
 
 if __name__ == "__main__":

@@ -43,6 +43,11 @@ def _train(args):
     recipe.model_args.update(_model_args(args.arg))
     if args.epochs:
         recipe = recipe.with_epochs(args.epochs)
+    if args.plain_training:
+        recipe.fused_training = False
+    if args.lr_scale != 1:
+        for step in recipe.steps:
+            step.lr *= args.lr_scale
     recipe.validate()
     if args.deterministic:
         import tensorflow as tf
@@ -93,6 +98,9 @@ def add_commands(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "default"])
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--plain-training", action="store_true",
+                   help="train with the plain Keras ops instead of the fused training path (debugging)")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="multiply the peak lr of every step (lr searches)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic TF ops (bit-identical reruns and resumes; slower)")
     p.add_argument("--train-limit", type=int, default=0, help="train on a fixed random subset of N images")

@@ -54,6 +54,7 @@ class Recipe:
     train_limit: int = 0  # use only a fixed random subset of N training images (0: all)
     test_limit: int = 0  # final evaluation on a fixed subset of N test images (0: all)
     val_limit: int = 0  # per-epoch test metrics on N images (0: same as test_limit)
+    fused_training: bool = True  # False: plain Keras ops in the training step (debugging)
 
     @classmethod
     def from_dict(cls, raw):

@@ -9,6 +9,7 @@ Output folder layout (``DIR``)::
     log.csv, tensorboard/, curves.png, metrics.json
 """
 
+import contextlib
 import inspect
 import json
 import math
@@ -20,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_esbnn import models
+from larq_esbnn.layers import plain_training
 from larq_esbnn.train import data as data_lib
 from larq_esbnn.train.recipe import Recipe
 
@@ -83,10 +85,15 @@ class BNNTrainer(tf.keras.Model):
     """Loss of spec 4.5: label-smoothed CE on the classification head, and with a
     teacher the distribution loss (soft CE to the teacher's softmax) on the
     distillation head, averaged (``distill_weight`` = 0.5). Single-head models
-    use the same head for both terms."""
+    use the same head for both terms.
 
-    def __init__(self, student, teacher=None, label_smoothing=0.1, distill_weight=0.5):
+    ``fast`` (default) traces the training step on the layers' fused training
+    path (:func:`larq_esbnn.layers.fused_training`: same forward values, fewer
+    element-wise passes); ``fast=False`` uses the plain Keras ops."""
+
+    def __init__(self, student, teacher=None, label_smoothing=0.1, distill_weight=0.5, fast=True):
         super().__init__()
+        self.fast = fast
         self.student = student
         self.two_heads = head_logits(student)
         self.teacher = teacher
@@ -119,13 +126,21 @@ class BNNTrainer(tf.keras.Model):
             per_example = (1 - self.distill_weight) * ce + self.distill_weight * kd
         return per_example, logits
 
+    def loss_and_gradients(self, x, y):
+        """Per-example loss, logits and the gradients of the mean loss with respect
+        to the student's trainable variables, on the fused training path unless
+        ``fast=False`` (then the plain Keras ops, for debugging)."""
+        with contextlib.nullcontext() if self.fast else plain_training():
+            with tf.GradientTape() as tape:
+                per_example, logits = self._loss_terms(x, y, True)
+                loss = tf.nn.compute_average_loss(per_example)
+            grads = tape.gradient(loss, self.student.trainable_variables)
+        return per_example, logits, grads
+
     def train_step(self, batch):
         x, y = batch
-        with tf.GradientTape() as tape:
-            per_example, logits = self._loss_terms(x, y, True)
-            loss = tf.nn.compute_average_loss(per_example)
-        variables = self.student.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        per_example, logits, grads = self.loss_and_gradients(x, y)
+        self.optimizer.apply_gradients(zip(grads, self.student.trainable_variables))
         return self._update(per_example, y, logits)
 
     def test_step(self, batch):
@@ -229,7 +244,8 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
     if steps_per_epoch < 1:
         raise ValueError(f"batch size {recipe.batch_size} is larger than the training set ({len(train)} images)")
     with strategy.scope():
-        trainer = BNNTrainer(student, teacher, recipe.label_smoothing, recipe.distill_weight)
+        trainer = BNNTrainer(student, teacher, recipe.label_smoothing, recipe.distill_weight,
+                             fast=recipe.fused_training)
         optimizer = make_optimizer(step, steps_per_epoch)
         trainer.compile(optimizer=optimizer)
     if state is not None:
@@ -307,12 +323,30 @@ def plot_curves(out):
     return path
 
 
-def load_teacher(spec):
+def load_teacher(spec, input_shape=None, num_classes=None):
+    """A frozen teacher from ``spec``: a Keras model file, ``MODEL.TAG`` (registered
+    weights, e.g. ``resnet20_fp.cifar10``) or ``MODEL:WEIGHTS.h5``."""
     if not spec:
         return None
     if os.path.exists(spec):
-        return tf.keras.models.load_model(spec, compile=False)
-    raise FileNotFoundError(f"teacher {spec!r} is not a Keras model file")
+        model = tf.keras.models.load_model(spec, compile=False)
+    else:
+        name, sep, path = spec.partition(":")
+        if not sep:
+            name, sep, path = spec.partition(".")
+        if not sep or name not in models.names():
+            raise FileNotFoundError(
+                f"teacher {spec!r} is neither a Keras model file nor MODEL.TAG / MODEL:WEIGHTS.h5 "
+                f"of a registered model"
+            )
+        kwargs = {"weights": path}
+        if input_shape is not None:
+            kwargs["input_shape"] = input_shape
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        model = models.get(name, **kwargs)
+    model.trainable = False
+    return model
 
 
 def _step_args(model_name, step):
@@ -339,7 +373,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     test_split = data_lib.load(recipe.data, "test")
     size = recipe.image_size or models.entry(recipe.model).input_size
     model_args = {**recipe.model_args, "num_classes": train_split.num_classes, "input_shape": (size, size, 3)}
-    teacher = load_teacher(recipe.teacher)
+    teacher = load_teacher(recipe.teacher, model_args["input_shape"], train_split.num_classes)
     previous = None
     for index, step in enumerate(recipe.steps, start=1):
         weights_path = out / f"step{index}_weights.h5"
