@@ -108,10 +108,10 @@ def registered_top1(model, tag):
     return float(found.group(1)) / 100
 
 
-def _trained_here(model, sha256, top1):
-    """A CIFAR-10 file trained by ``training/resnet20_cifar10.toml`` and shipped in the package."""
+def _trained_here(model, sha256, top1, recipe="resnet20_cifar10.toml"):
+    """A CIFAR-10 file trained by ``training/<recipe>`` and shipped in the package."""
     return WeightsEntry(model, "cifar10", f"{model}_cifar10.h5", sha256,
-                        source="trained by this project (training/resnet20_cifar10.toml)",
+                        source=f"trained by this project (training/{recipe})",
                         metric=f"CIFAR-10 test top-1 {top1} % (10,000 images)")
 
 

@@ -25,7 +25,8 @@ def _both_paths(model, x, y):
     for fast in (True, False):
         trainer = BNNTrainer(model, fast=fast)
         per_example, logits, grads = tf.function(trainer.loss_and_gradients)(x, y)
-        out[fast] = per_example.numpy(), logits.numpy(), [g.numpy() for g in grads]
+        # None: a variable the loss does not reach (BCDNet's distillation head without a teacher)
+        out[fast] = per_example.numpy(), logits.numpy(), [None if g is None else g.numpy() for g in grads]
     return out[True], out[False]
 
 
@@ -44,12 +45,16 @@ def test_fused_path_equals_plain_keras_in_float64(name, size, float64):
     # backward: only the order of the per-channel sums differs -> relative 1e-12 in float64
     assert len(grads_f) == len(grads_p) == len(model.trainable_variables)
     for v, gf, gp in zip(model.trainable_variables, grads_f, grads_p):
-        np.testing.assert_allclose(gf, gp, rtol=0, atol=1e-12 * max(np.abs(gp).max(), 1e-30), err_msg=v.name)
+        assert (gf is None) == (gp is None), v.name
+        if gp is not None:
+            np.testing.assert_allclose(gf, gp, rtol=0, atol=1e-12 * max(np.abs(gp).max(), 1e-30), err_msg=v.name)
 
 
 def test_fused_path_in_float32_within_rounding():
-    """In float32 the forward is still exact; gradients agree to 1e-5 of each
-    variable's largest gradient (float32 summation order)."""
+    """In float32 the forward is still exact; gradients agree to 1e-4 of each
+    variable's largest gradient: per-channel sums run over 8 x 32 x 32 = 8,192
+    terms of both signs in another order, and float32 keeps ~7 digits (a 1.4e-5
+    relative difference was seen on an RPReLU offset)."""
     model = models.get("es_resnet20")
     rng = np.random.default_rng(2)
     x = tf.constant(rng.standard_normal((8, 32, 32, 3)).astype(np.float32))
@@ -58,7 +63,7 @@ def test_fused_path_in_float32_within_rounding():
     np.testing.assert_array_equal(logits_f, logits_p)
     np.testing.assert_array_equal(loss_f, loss_p)
     for v, gf, gp in zip(model.trainable_variables, grads_f, grads_p):
-        np.testing.assert_allclose(gf, gp, rtol=0, atol=1e-5 * max(np.abs(gp).max(), 1e-30), err_msg=v.name)
+        np.testing.assert_allclose(gf, gp, rtol=0, atol=1e-4 * max(np.abs(gp).max(), 1e-30), err_msg=v.name)
 
 
 def test_approx_sign_train_equals_larq_bit_for_bit():
