@@ -20,6 +20,7 @@ path (``BNNTrainer(fast=False)``), the default is the path ``larq-esbnn train`` 
 import argparse
 import collections
 import glob
+import re
 import tempfile
 
 import larq_esbnn  # noqa: F401  (first: selects Keras 2 before TensorFlow loads)
@@ -61,8 +62,9 @@ def layer_of(op, model):
     """(layer class, direction) of an op from its name scope."""
     parts = op.split("/")
     direction = "backward" if parts[0] == "gradient_tape" else "forward"
-    for scope, layer in HAND_WRITTEN_GRADIENTS.items():
-        if scope in parts:
+    for part in parts:  # unique scopes get suffixes: rprelu_grad_3
+        layer = HAND_WRITTEN_GRADIENTS.get(re.sub(r"_\d+$", "", part))
+        if layer:
             return layer, "backward"
     if parts[0] in ("AdamW", "Adam") or "AdamW" in parts[:2]:
         return "optimizer", "update"

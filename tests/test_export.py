@@ -188,6 +188,9 @@ def test_every_model_exports_with_the_expected_bconv_count(name):
     model = export.optimize_for_inference(_zoo(name))
     fb = export.export_tflite(model, fast=True)
     check = export.check_export(model, fb)
+    if not models.entry(name).binary:  # the real-valued teacher: nothing to binarize
+        assert check.expected == check.found == 0 and "LceBconv2d" not in check.op_counts
+        return
     assert check.expected > 0
     assert check.ok, check.format()
     assert not check.float_by_design

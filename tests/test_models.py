@@ -26,6 +26,7 @@ DERIVED = {
     "es_resnet20": 287_610,
     "g_resnet20": 287_610,
     "es_g_resnet20": 327_962,
+    "resnet20_fp": 272_474,  # real-valued teacher: 16/32/64 widths, derivation in its docstring
 }
 SMALL = {name: (32 if models.entry(name).input_size == 32 else 64) for name in models.names()}
 

@@ -18,16 +18,18 @@ class ModelEntry:
     description: str
     defaults: dict = field(default_factory=dict)
     input_size: int = 224
+    binary: bool = True  # False for real-valued models (teachers): no binary convs to export
 
     def build(self, **kwargs):
         return self.factory(**{**self.defaults, **kwargs, "name": self.name})
 
 
-def register_model(name, description, input_size=224, **defaults):
-    """Decorator: register ``fn`` under ``name`` (with ``defaults`` applied)."""
+def register_model(name, description, input_size=224, binary=True, **defaults):
+    """Decorator: register ``fn`` under ``name`` (with ``defaults`` applied).
+    ``binary=False`` marks a real-valued model, such as a distillation teacher."""
 
     def deco(fn):
-        _MODELS[name] = ModelEntry(name, fn, description, dict(defaults), input_size)
+        _MODELS[name] = ModelEntry(name, fn, description, dict(defaults), input_size, binary)
         return fn
 
     return deco

@@ -57,7 +57,8 @@ def resnet20(
     return finish(inputs, x, name, weights)
 
 
-@register_model("resnet20_fp", "Real-valued ResNet-20 (He et al.), the CIFAR-10 distillation teacher", input_size=32)
+@register_model("resnet20_fp", "Real-valued ResNet-20 (He et al.), the CIFAR-10 distillation teacher", input_size=32,
+                binary=False)
 def resnet20_fp(
     *,
     input_shape=None,
