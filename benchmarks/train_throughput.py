@@ -32,6 +32,7 @@ import time
 import larq_esbnn  # noqa: F401  (first: selects Keras 2 before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
+import tqdm
 from larq_esbnn import models
 from larq_esbnn.train.trainer import BNNTrainer
 
@@ -62,6 +63,7 @@ class Row:
 
     def __init__(self, name, path, batch_size, warmup=5):
         self.name, self.path, self.batch_size = name, path, batch_size
+        print(f"building and warming up {name} ({path})", file=sys.stderr, flush=True)
         if name == REFERENCE:
             self.model = plain_larq_resnet20()
             self.model.compile(optimizer=tf.keras.optimizers.AdamW(1e-4),
@@ -121,12 +123,10 @@ def main():
     rows = [Row(REFERENCE, "stock larq, model.fit", args.batch_size)]
     for name in args.models:
         rows += [Row(name, path, args.batch_size) for path in ("plain", "fused")]
-    large = [Row(name, path, args.large_batch) for name in args.large for path in ("plain", "fused")]
+    large = [Row(name, path, args.large_batch, warmup=2) for name in args.large for path in ("plain", "fused")]
     for r in range(args.rounds):
-        for row in rows:
-            row.time(args.steps)
-        for row in large:
-            row.time(args.large_steps)
+        for row in tqdm.tqdm(rows + large, desc=f"round {r + 1}/{args.rounds}", unit="row", leave=False):
+            row.time(args.large_steps if row in large else args.steps)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{x.name}/{x.path} {x.rounds[-1]:.0f}" for x in rows + large),
               file=sys.stderr, flush=True)
 

@@ -4,10 +4,10 @@
 # Usage: training/run_cifar10_ablation.sh [OUT_ROOT] [extra train args]
 # RUNS="..." picks the runs; a name ending in _seedN trains that model with --seed N.
 # Needs the teacher's weights registered as resnet20_fp.cifar10 (training/resnet20_fp_cifar10.toml).
-# On the 2-core machine all six ran at once, one TF thread each:
-#   for r in resnet20 es_resnet20 g_resnet20 es_g_resnet20 resnet20_seed1 es_resnet20_seed1; do
-#     TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 RUNS=$r training/run_cifar10_ablation.sh OUT &
-#   done
+# On the 2-core machine the six runs went in two lanes of one TF thread each:
+#   export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
+#   RUNS="resnet20 es_g_resnet20 resnet20_seed1" training/run_cifar10_ablation.sh OUT &
+#   RUNS="es_resnet20 g_resnet20 es_resnet20_seed1" training/run_cifar10_ablation.sh OUT &
 # Interrupted runs continue from their last checkpoint when the script is run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
