@@ -118,10 +118,10 @@ def _trained_here(model, sha256, top1, recipe="resnet20_cifar10.toml"):
 # One line per weights file; see the module docstring.
 _ENTRIES = [
     _trained_here("resnet20_fp", "0cf4c39e2d644d1ede7b206ea85bef5fffc409aea8fdb11d6ffc2ec6a3c6e4fa", "84.57", "resnet20_fp_cifar10.toml"),
-    _trained_here("resnet20", "37847dcffab622ff24b46e23e0f7a31971cce02699cbc5d10e2f68817efe938c", "46.27"),
-    _trained_here("es_resnet20", "25f1014ffbc4b912f00fc8f23e495c70150b42cee3c501ca6769da2dbb651c7c", "48.58"),
-    _trained_here("g_resnet20", "ec644cdcd301a66100b116be202ae367bb8355716e4c90a8ffa117ee5d322434", "48.02"),
-    _trained_here("es_g_resnet20", "fd17e5ea37a2795076861573418402ee3d63f84f045b875aefadfadb1c6bb7e6", "50.74"),
+    _trained_here("resnet20", "37847dcffab622ff24b46e23e0f7a31971cce02699cbc5d10e2f68817efe938c", "46.27", "resnet20_cifar10_subset.toml"),
+    _trained_here("es_resnet20", "25f1014ffbc4b912f00fc8f23e495c70150b42cee3c501ca6769da2dbb651c7c", "48.58", "resnet20_cifar10_subset.toml"),
+    _trained_here("g_resnet20", "ec644cdcd301a66100b116be202ae367bb8355716e4c90a8ffa117ee5d322434", "48.02", "resnet20_cifar10_subset.toml"),
+    _trained_here("es_g_resnet20", "fd17e5ea37a2795076861573418402ee3d63f84f045b875aefadfadb1c6bb7e6", "50.74", "resnet20_cifar10_subset.toml"),
 ]
 
 

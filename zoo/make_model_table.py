@@ -1,7 +1,7 @@
 """Print the README's model table: registry name, trainable parameters, BOPs, FLOPs,
 OPs and memory at the default input size (counted by larq_esbnn.report), CIFAR-10
-top-1 from zoo/cifar10_results.json (measured here), ImageNet top-1 as reported by
-the papers. Counts are cached in zoo/model_counts.json (--recount refreshes them).
+top-1 of the shipped ``cifar10`` weights (the figure registered in
+larq_esbnn/weights.py, measured here), ImageNet top-1 as reported by the papers. Counts are cached in zoo/model_counts.json (--recount refreshes them).
 Run: python zoo/make_model_table.py > zoo/models.md
 """
 
@@ -11,7 +11,7 @@ import sys
 
 from tqdm import tqdm
 
-from larq_esbnn import models, report
+from larq_esbnn import models, report, weights
 
 # ImageNet top-1 (%) as printed in the papers (not measured here).
 REPORTED = {
@@ -26,8 +26,7 @@ REPORTED = {
 
 
 def main():
-    results_path = pathlib.Path(__file__).with_name("cifar10_results.json")
-    cifar = json.loads(results_path.read_text()) if results_path.exists() else {}
+    cifar = {e.model: weights.registered_top1(e.model, "cifar10") for e in weights.registered() if e.tag == "cifar10"}
     lines = [
         "| model | input | params | BOPs | FLOPs | OPs | memory | CIFAR-10 top-1 (here) | ImageNet top-1 (reported) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -41,7 +40,7 @@ def main():
             counts[name] = {k: full[k] for k in ("params", "bops", "flops", "ops", "memory_bytes")}
             counts_path.write_text(json.dumps(counts, indent=2) + "\n")
         s = counts[name]
-        top1 = f"{100 * cifar[name]['top1']:.2f} %" if name in cifar else "-"
+        top1 = f"{100 * cifar[name]:.2f} %" if name in cifar else "-"
         lines.append(
             f"| `{name}` | {entry.input_size} | {s['params'] / 1e6:.2f} M | {s['bops'] / 1e9:.3f}e9 | "
             f"{s['flops'] / 1e8:.3f}e8 | {s['ops'] / 1e8:.3f}e8 | {s['memory_bytes'] / 2**20:.2f} MiB | "
