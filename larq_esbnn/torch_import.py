@@ -34,7 +34,10 @@ short / long is the first thing to try.
 
 The released models compute sign(0) = 0 where larq gives +1, and pad stride-2
 binary convs symmetrically (our BinaryConv2D does too); outputs agree with a
-reference PyTorch forward to ~1e-6 relative (tests/test_torch_import.py).
+reference PyTorch forward to ~1e-6 relative (tests/test_torch_import.py). Latent
+binary weights that are exactly 0 (ternary in the released forward) are counted
+per tensor: a :class:`TernaryWeightsWarning` says how many and where, and
+:func:`import_state_dict` returns them in its :class:`ImportReport`.
 """
 
 import re

@@ -32,10 +32,12 @@ WORKER = textwrap.dedent("""
     data, out = sys.argv[1], sys.argv[2]
     strategy = trainer.choose_strategy("auto")  # MultiWorkerMirroredStrategy from TF_CONFIG
     recipe = Recipe(model="resnet20", data=data, batch_size=8, image_size=32, seed=0,
-                    steps=[Step(epochs=1, lr=5e-3, binary_weights=False)], test_limit=8)
+                    steps=[Step(epochs=1, lr=5e-3)], test_limit=8)
     metrics = trainer.train(recipe, out, strategy=strategy)
     prefix = trainer.StateStore(out + "/state").latest["prefix"]
-    steps = int(tf.train.load_variable(prefix, "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"))
+    keys = [k for k, shape in tf.train.list_variables(prefix) if k.startswith("optimizer/") and "iter" in k]
+    key = min(keys, key=len)
+    steps = int(tf.train.load_variable(prefix, key))  # optimizer steps taken
     print("RESULT " + json.dumps({"strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
                                   "steps": steps, "n": metrics["n"]}), flush=True)
 """)
