@@ -224,6 +224,8 @@ class ExternalWeights:
             ]
         else:
             lines.append(f"  2. larq_esbnn.torch_import has no conversion for {self.model} yet")
+        if "not verified" in self.note:
+            lines.append(f"  note: {self.note}")
         return "\n".join(lines)
 
 
