@@ -31,6 +31,7 @@ def _select_keras_2():
 _select_keras_2()
 
 from larq_esbnn import blocks, layers, models, quantizers  # noqa: E402
+from larq_esbnn.inference import predict  # noqa: E402
 from larq_esbnn.report import summary  # noqa: E402
 
-__all__ = ["blocks", "layers", "models", "quantizers", "summary", "__version__"]
+__all__ = ["blocks", "layers", "models", "predict", "quantizers", "summary", "__version__"]

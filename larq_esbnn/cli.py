@@ -15,6 +15,7 @@ _COMMAND_MODULES = [
     "larq_esbnn.torch_import",  # import-torch
     "larq_esbnn.export",  # export, benchmark
     "larq_esbnn.train.cli",  # train, finetune, evaluate
+    "larq_esbnn.inference",  # predict
 ]
 
 

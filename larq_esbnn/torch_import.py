@@ -34,11 +34,16 @@ short / long is the first thing to try.
 
 The released models compute sign(0) = 0 where larq gives +1, and pad stride-2
 binary convs symmetrically (our BinaryConv2D does too); outputs agree with a
-reference PyTorch forward to ~1e-6 relative (tests/test_torch_import.py).
+reference PyTorch forward to ~1e-6 relative (tests/test_torch_import.py). Latent
+binary weights that are exactly 0 (ternary in the released forward) are counted
+per tensor: a :class:`TernaryWeightsWarning` says how many and where, and
+:func:`import_state_dict` returns them in its :class:`ImportReport`.
 """
 
 import re
 import sys
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -178,7 +183,7 @@ class _Source:
     def __init__(self, state):
         self.state = state
         self.used = set()
-        self.zero_binary = {}  # tensor name -> number of exact zeros in a binary kernel
+        self.zero_binary = {}  # torch prefix -> {"layer", "count", "first"} for exact zeros in a binary kernel
 
     def take(self, name, shape, layer):
         if name not in self.state:
@@ -224,7 +229,8 @@ def _convert_layer(src, layer, kind, prefix):
             )
         zeros = int(np.count_nonzero(w == 0))
         if zeros and binary:
-            src.zero_binary[prefix] = zeros
+            first = [tuple(int(i) for i in ix) for ix in np.argwhere(w == 0)[:5]]
+            src.zero_binary[prefix] = {"layer": name, "count": zeros, "first": first}
         return [np.transpose(w, (2, 3, 1, 0))]
     if kind == "bn":
         (c,) = shapes[0]
@@ -248,8 +254,54 @@ def _convert_layer(src, layer, kind, prefix):
     raise AssertionError(kind)
 
 
-def assign_state_dict(model, model_name, state, mlp_per_repeat=4):
-    """Copy a flat numpy state dict into ``model``; return the unused tensor names."""
+class TernaryWeightsWarning(UserWarning):
+    """Latent binary weights that are exactly 0 in a checkpoint (see :class:`ImportReport`)."""
+
+
+@dataclass
+class ImportReport:
+    """What an import did besides copying values.
+
+    unused: checkpoint tensors no Keras layer took (``num_batches_tracked`` aside).
+    zero_weights: torch tensor prefix -> ``{"layer": Keras layer, "count": n,
+    "first": up to 5 (out, in, kh, kw) indices}`` of latent binary weights that
+    are exactly 0. The released PyTorch code binarises with ``sign``, and
+    ``sign(0) = 0``: such a weight is ternary there (it drops out of the sum),
+    while a binary kernel here is ``+-alpha`` (larq's sign gives +1 at 0), so the
+    outputs of the two can differ.
+    """
+
+    unused: list = field(default_factory=list)
+    zero_weights: dict = field(default_factory=dict)
+
+    @property
+    def zero_total(self):
+        return sum(z["count"] for z in self.zero_weights.values())
+
+    def zeros_message(self):
+        """One warning line: how many and where, or "" when there are none."""
+        if not self.zero_weights:
+            return ""
+        items = sorted(self.zero_weights.items())
+        where = ", ".join(f"{k} -> {z['layer']} ({z['count']})" for k, z in items[:5])
+        more = f" and {len(items) - 5} more tensors" if len(items) > 5 else ""
+        return (f"{self.zero_total} latent binary weights are exactly 0 (in {where}{more}): the "
+                "released PyTorch code binarises them to sign(0) = 0, here they become +alpha, "
+                "so outputs can differ slightly from the PyTorch model")
+
+    def as_dict(self):
+        return {"unused": list(self.unused),
+                "zero_weights": {k: {**z, "first": [list(i) for i in z["first"]]}
+                                 for k, z in sorted(self.zero_weights.items())},
+                "zero_total": self.zero_total}
+
+
+def import_state_dict(model, model_name, state, mlp_per_repeat=4):
+    """Copy a flat numpy state dict into ``model``; return an :class:`ImportReport`.
+
+    Latent binary weights that are exactly 0 are also reported with a
+    :class:`TernaryWeightsWarning` (how many, in which tensors and layers).
+    """
     if model_name not in SUPPORTED:
         raise ValueError(f"unsupported model {model_name!r} for torch import; supported: {', '.join(SUPPORTED)}")
     src = _Source(state)
@@ -272,22 +324,26 @@ def assign_state_dict(model, model_name, state, mlp_per_repeat=4):
         [(w, v.astype(w.dtype.as_numpy_dtype)) for layer, new in values
          for w, v in zip(layer.weights, new)]
     )
-    if src.zero_binary:
-        total = sum(src.zero_binary.values())
-        print(f"larq-esbnn import-torch: warning: {total} binary weights are exactly 0 (in "
-              + ", ".join(f"{k} ({n})" for k, n in sorted(src.zero_binary.items())[:5])
-              + "); the released code multiplies them by sign(0) = 0, Keras / LCE by +1, "
-              "so outputs can differ slightly", file=sys.stderr)
-    return src.unused()
+    report = ImportReport(src.unused(), dict(src.zero_binary))
+    if report.zero_weights:
+        warnings.warn("larq-esbnn import-torch: " + report.zeros_message(), TernaryWeightsWarning, stacklevel=2)
+    return report
+
+
+def assign_state_dict(model, model_name, state, mlp_per_repeat=4):
+    """Copy a flat numpy state dict into ``model``; return the unused tensor names
+    (:func:`import_state_dict` returns the full report)."""
+    return import_state_dict(model, model_name, state, mlp_per_repeat).unused
 
 
 def convert_checkpoint(model_name, checkpoint_path_or_state_dict, return_unused=False,
-                       verbose=True, **model_kwargs):
+                       verbose=True, return_report=False, **model_kwargs):
     """Build ``model_name`` (with ``model_kwargs``) and fill it from a PyTorch checkpoint.
 
     ``num_classes`` defaults to the checkpoint's ``fc`` rows. Unused tensors are
     printed to stderr (``verbose``) and returned with ``return_unused=True``,
-    which gives ``(model, unused)``.
+    which gives ``(model, unused)``; ``return_report=True`` gives
+    ``(model, ImportReport)`` (unused tensors and latent weights that are exactly 0).
     """
     from larq_esbnn import models
 
@@ -299,10 +355,13 @@ def convert_checkpoint(model_name, checkpoint_path_or_state_dict, return_unused=
             model_kwargs["num_classes"] = int(state["fc.weight"].shape[0])
     model = models.get(model_name, **model_kwargs)
     per_repeat = model_kwargs.get("shift_blocks", 3) + model_kwargs.get("point_blocks", 1)
-    unused = assign_state_dict(model, model_name, state, per_repeat)
+    report = import_state_dict(model, model_name, state, per_repeat)
+    unused = report.unused
     if unused and verbose:
         print(f"larq-esbnn import-torch: {len(unused)} checkpoint tensors were not used: "
               + ", ".join(unused), file=sys.stderr)
+    if return_report:
+        return model, report
     return (model, unused) if return_unused else model
 
 

@@ -1,10 +1,11 @@
 """Pretrained weights: one registry, verified cached downloads, checked loading.
 
 ``weights=`` of every model factory accepts ``None``, a registered tag
-(``"cifar10"``, ``"imagenet"`` ...), a local ``.h5`` path, or an ``http(s)://``
-/ ``file://`` URL (optionally ending in ``#sha256=<64 hex digits>`` to verify it).
-Files are Keras HDF5 weight files as written by ``model.save_weights("x.h5")``
-(``larq-esbnn import-torch`` writes the same format).
+(``"cifar10"``, ``"imagenet"`` ...), a local ``.h5`` path, a PyTorch checkpoint
+(``.pth``, ``.pth.tar``, ``.pt``), or an ``http(s)://`` / ``file://`` URL
+(optionally ending in ``#sha256=<64 hex digits>`` to verify it). Files are Keras
+HDF5 weight files as written by ``model.save_weights("x.h5")`` (``larq-esbnn
+import-torch`` writes the same format).
 
 Adding weights to the registry
 ------------------------------
@@ -21,10 +22,27 @@ which ``verify_registry()`` and the tests check; a URL entry only after
 ``larq-esbnn weights fetch MODEL TAG`` succeeded once); ``include_top=False``
 marks a file saved without the classification head.
 
-There are no ImageNet entries: the authors' checkpoints cannot be downloaded
-here. Convert an official PyTorch checkpoint with
-``larq-esbnn import-torch reactnet_a checkpoint.pth.tar -o reactnet_a.h5`` and
-pass ``weights="reactnet_a.h5"``.
+External entries (``kind == "external"``): the authors' ImageNet checkpoints
+sit behind links that need a browser (Google Drive, university file servers),
+so they are registered with their official page, file name, container and
+reported top-1, and no hash (none has been verified). ``weights="imagenet"`` on
+such a model raises :class:`ExternalWeightsError`, which says where to download
+the file and the one call that uses it. Adding one is ONE line in
+``_EXTERNAL`` (see ``_released``); the model must have an importer rule in
+:mod:`larq_esbnn.torch_import`.
+
+PyTorch checkpoints: ``weights=`` also accepts a downloaded ``.pth``,
+``.pth.tar`` or ``.pt`` file (a path or a URL). It is read with
+``torch.load(weights_only=True)``, converted once by
+:mod:`larq_esbnn.torch_import` into the model being built, and cached as
+``<cache>/<model>-<sha256 of the checkpoint>.h5`` (written to a temporary file
+and renamed, so a failure leaves no half file); later calls with the same file
+load the cached ``.h5``. A file that is not a checkpoint of that model raises
+:class:`WeightsError` naming the first missing or mismatched tensor.
+
+Each entry also records how its inputs are prepared (:class:`Preprocessing`:
+input size, resize / crop, mean and std, class names), which
+:func:`larq_esbnn.predict` and ``larq-esbnn predict`` use.
 
 Cache: ``cache_dir`` argument, else ``$LARQ_ESBNN_CACHE``, else
 ``~/.cache/larq_esbnn``. A download goes to a temporary file in the cache
@@ -44,11 +62,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from functools import lru_cache
 
 CACHE_ENV = "LARQ_ESBNN_CACHE"
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
 _CHUNK = 1 << 16
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class WeightsError(ValueError):
@@ -57,6 +80,62 @@ class WeightsError(ValueError):
 
 class DownloadError(WeightsError):
     """A failed or unverifiable download (nothing was written to the cache)."""
+
+
+class ExternalWeightsError(WeightsError):
+    """Registered weights that must be downloaded by hand (the message says where and how)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for one set of weights, and what the outputs mean.
+
+    The model sees ``(pixel / 255 - mean) / std`` per RGB channel (``mean`` /
+    ``std`` on the 0-1 scale). ``crop``: ``"resize"`` resizes the whole image to
+    ``input_size`` x ``input_size`` (CIFAR-10, whose images already are 32 x 32);
+    ``"center"`` resizes the shorter side to ``input_size / 0.875`` and takes the
+    central square, the evaluation of the released ImageNet checkpoints
+    (256 -> 224). ``classes``: class names in output order, or ``classes_file``:
+    a ``label<TAB>name`` file in ``larq_esbnn/pretrained/``.
+    """
+
+    dataset: str
+    input_size: int
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    crop: str = "resize"
+    classes: tuple = ()
+    classes_file: str = ""
+
+    def class_names(self):
+        """The class names in output order."""
+        if self.classes:
+            return list(self.classes)
+        return [name for _, name in _read_classes(self.classes_file)]
+
+    def class_labels(self):
+        """A stable label per class: the ImageNet WordNet ID, else the class name."""
+        if self.classes:
+            return list(self.classes)
+        return [label for label, _ in _read_classes(self.classes_file)]
+
+
+@lru_cache(maxsize=4)
+def _read_classes(filename):
+    rows = []
+    for line in (PRETRAINED_DIR / filename).read_text().splitlines():
+        if line and not line.startswith("#"):
+            label, _, name = line.partition("\t")
+            rows.append((label, name))
+    return tuple(rows)
+
+
+# The CIFAR-10 weights trained here use the ImageNet mean / std (train.data.normalize).
+CIFAR10 = Preprocessing("CIFAR-10", 32, classes=CIFAR10_CLASSES)
+# Classes: sorted WordNet IDs (the torchvision ImageFolder order of the releases)
+# with WordNet 3.0 names; see the header of pretrained/imagenet_classes.txt.
+IMAGENET = Preprocessing("ImageNet-1k", 224, crop="center", classes_file="imagenet_classes.txt")
+PREPROCESSING = {"cifar10": CIFAR10, "imagenet": IMAGENET}
 
 
 @dataclass(frozen=True)
@@ -80,6 +159,9 @@ class WeightsEntry:
     include_top: bool = True
     source: str = ""
     metric: str = ""
+    preprocessing: Preprocessing = None
+
+    kind = "file"
 
     @property
     def shipped(self):
@@ -88,6 +170,67 @@ class WeightsEntry:
     @property
     def location(self):
         return self.url or f"larq_esbnn/pretrained/{self.filename}"
+
+
+@dataclass(frozen=True)
+class ExternalWeights:
+    """Weights the authors publish behind a link that needs a browser.
+
+    page: the official page that links the file. filename: the file to download,
+    as the page or the release's code names it. container: what ``torch.load``
+    returns for it. link: the direct link when the page gives one. note: what is
+    and is not verified about this entry. No sha256 until one has been checked.
+    """
+
+    model: str
+    tag: str
+    page: str
+    filename: str
+    container: str
+    metric: str
+    source: str
+    preprocessing: Preprocessing = None
+    link: str = ""
+    note: str = ""
+
+    kind = "external"
+    sha256 = None
+    url = None
+    include_top = True
+    shipped = False
+
+    @property
+    def location(self):
+        return self.link or self.page
+
+    def instructions(self, cache_dir=None):
+        """The text of :class:`ExternalWeightsError`: where to download, and the one call."""
+        from larq_esbnn import torch_import
+
+        where = f"{self.link} (linked from {self.page})" if self.link else self.page
+        lines = [
+            f"{self.model}: the {self.tag!r} weights ({self.metric}) cannot be downloaded by a "
+            "program: the authors publish them behind a link that needs a browser.",
+            f"  1. download {self.filename} from {where}",
+        ]
+        if self.model in torch_import.SUPPORTED:
+            lines += [
+                "  2. use it in one call (converted once, then loaded from the cache "
+                f"{get_cache_dir(cache_dir)}):",
+                f'       larq_esbnn.models.{self.model}(weights="/path/to/{_example_name(self.filename)}")',
+                f"     or: larq-esbnn predict {self.model} --weights /path/to/"
+                f"{_example_name(self.filename)} IMAGE.jpg",
+                "  (reading it needs torch: pip install 'larq-esbnn[torch]')",
+            ]
+        else:
+            lines.append(f"  2. larq_esbnn.torch_import has no conversion for {self.model} yet")
+        if "not verified" in self.note:
+            lines.append(f"  note: {self.note}")
+        return "\n".join(lines)
+
+
+def _example_name(filename):
+    return filename if filename.lower().endswith(TORCH_SUFFIXES) else "checkpoint.pth.tar"
 
 
 # How far a registered accuracy may move on another machine. Binary networks turn
@@ -112,7 +255,48 @@ def _trained_here(model, sha256, top1, recipe="resnet20_cifar10.toml"):
     """A CIFAR-10 file trained by ``training/<recipe>`` and shipped in the package."""
     return WeightsEntry(model, "cifar10", f"{model}_cifar10.h5", sha256,
                         source=f"trained by this project (training/{recipe})",
-                        metric=f"CIFAR-10 test top-1 {top1} % (10,000 images)")
+                        metric=f"CIFAR-10 test top-1 {top1} % (10,000 images)",
+                        preprocessing=CIFAR10)
+
+
+def _released(model, page, filename, top1, paper, container, link="", note=""):
+    """An ImageNet checkpoint of the authors' release, to be downloaded by hand."""
+    return ExternalWeights(model, "imagenet", page, filename, container,
+                           metric=f"ImageNet top-1 {top1} % as reported by {paper}, not measured here",
+                           source=f"{paper} release (PyTorch), converted on first use",
+                           preprocessing=IMAGENET, link=link, note=note)
+
+
+_REACTNET_CONTAINER = "dict {'epoch', 'state_dict', 'best_top1_acc', 'optimizer'}, keys prefixed 'module.'"
+_BNEXT_CONTAINER = "dict {'epoch', 'state_dict', 'best_top1_acc', 'optimizer', ...}, keys prefixed 'module.'"
+
+# The authors' ImageNet checkpoints: one line each (see the module docstring).
+_EXTERNAL = [
+    _released("reactnet_a", "https://github.com/liuzechun/ReActNet", "checkpoint.pth.tar", "69.4",
+              "ReActNet (ECCV 2020)", _REACTNET_CONTAINER,
+              note="the README's model table links the MobileNet (ReActNet-A) file; "
+              "mobilenet/2_step2/train.py writes and resumes from checkpoint.pth.tar"),
+    _released("reactnet_18", "https://github.com/liuzechun/ReActNet", "checkpoint.pth.tar", "65.5",
+              "ReActNet (ECCV 2020)", _REACTNET_CONTAINER,
+              note="the README's model table links the ResNet-18 file (resnet/2_step2)"),
+    _released("es_reactnet_a", "https://github.com/imfinethanks/ESBNN", "checkpoint.pth.tar", "71.34",
+              "ES-BNN (Shi et al., 2025)", "as ReActNet: " + _REACTNET_CONTAINER,
+              note="the ES-ReActNet-A (tau=2) file of the authors' Rep-ReActNet release; the "
+              "repository README read for this entry (commit 972eecd) links only BNext-T and "
+              "ES-BNext-T, so the ES-ReActNet-A link was not verified"),
+    _released("bcdnet_a", "https://github.com/Sense-GVT/BCDNet", "the 'Step2: BCDNet-A' file", "71.8",
+              "BCDNet (ECCV 2022)", "dict {'model', 'optimizer', 'last_iter'}, keys prefixed 'module.'",
+              link="https://drive.google.com/file/d/12jL6SzBppXJry0fLq0AzhY1dYFVGyfp5/view?usp=sharing",
+              note="step 2 (binary weights and activations); the README also links step 1"),
+    # Ready for the BNext models (uncomment once bnext_t / es_bnext_t are registered
+    # models with a rule in torch_import; the links are those of the ESBNN README):
+    # _released("bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'BNext-T' file", "72.4",
+    #           "ES-BNN README (BNext-T)", _BNEXT_CONTAINER,
+    #           link="https://drive.google.com/file/d/1CJ0XOEhoHuNe-tDYJaAOd1j4YyNXuyas/view?usp=sharing"),
+    # _released("es_bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'ES-BNext-T' file", "75.2",
+    #           "ES-BNN README (ES-BNext-T)", _BNEXT_CONTAINER,
+    #           link="https://pan.seu.edu.cn:443/link/F084D724533B054E64ED1FE9B8CC1459"),
+]
 
 
 # One line per weights file; see the module docstring.
@@ -128,7 +312,7 @@ _ENTRIES = [
 def _build_registry(entries):
     registry = {}
     for e in entries:
-        if not _HEX64.match(e.sha256):
+        if e.kind != "external" and not _HEX64.match(e.sha256 or ""):
             raise ValueError(f"weights entry {e.model}.{e.tag}: sha256 must be 64 lowercase hex digits, got {e.sha256!r}")
         if (e.model, e.tag) in registry:
             raise ValueError(f"weights entry {e.model}.{e.tag} is registered twice")
@@ -136,7 +320,7 @@ def _build_registry(entries):
     return registry
 
 
-_REGISTRY = _build_registry(_ENTRIES)
+_REGISTRY = _build_registry(_ENTRIES + _EXTERNAL)
 
 
 def registered(name=None):
@@ -160,7 +344,8 @@ def entry(name, tag):
         listed = ", ".join(repr(t) for t in known) if known else "none registered"
         raise WeightsError(
             f"unknown weights tag {tag!r} for model {name!r}; available tags: {listed}. "
-            "weights= also accepts a local .h5 path or an http(s):// / file:// URL"
+            "weights= also accepts a local .h5 path, a PyTorch checkpoint (.pth, .pth.tar, .pt) "
+            "or an http(s):// / file:// URL"
         )
     return e
 
@@ -345,6 +530,8 @@ def resolve(name, weights, cache_dir=None, progress=True):
         return path, None
     if (name, weights) in _REGISTRY:
         e = _REGISTRY[(name, weights)]
+        if e.kind == "external":
+            raise ExternalWeightsError(e.instructions(cache_dir))
         if e.shipped:
             return _shipped_path(e), e
         return fetch(e.url, e.sha256, cache_dir, e.filename, progress), e
@@ -464,10 +651,84 @@ def load_weights(model, name, weights, cache_dir=None, progress=True):
 
     Returns the local path that was loaded. A registered file saved without
     the head (``include_top=False``) does not load into a model with a head.
+    A PyTorch checkpoint (``.pth``, ``.pth.tar``, ``.pt``) is converted once and
+    loaded from the cache (:func:`converted_checkpoint`); the cached ``.h5`` is returned.
     """
     path, e = resolve(name, weights, cache_dir, progress)
+    if is_torch_checkpoint(path):
+        path = converted_checkpoint(model, name, path, cache_dir)
     load_h5(model, path)
     return path
+
+
+def is_torch_checkpoint(path):
+    """True for the file names of PyTorch checkpoints: ``.pth``, ``.pth.tar``, ``.pt``."""
+    return str(path).lower().endswith(TORCH_SUFFIXES)
+
+
+def converted_checkpoint(model, name, checkpoint, cache_dir=None):
+    """The cached Keras ``.h5`` of PyTorch ``checkpoint`` for model ``name``, converted if needed.
+
+    The cache key is the checkpoint's sha256: ``<cache>/<name>-<sha256>.h5``,
+    with the importer's report beside it (``.json``: unused tensors, latent
+    binary weights that are exactly 0). The conversion fills ``model`` itself
+    (or, for a model built without the head, a twin with the checkpoint's head,
+    so that the cached file serves both); the file is written to a temporary
+    name and renamed, so a failed conversion leaves nothing in the cache. A
+    checkpoint that does not fit raises :class:`WeightsError` naming the first
+    missing or mismatched tensor.
+    """
+    import json
+
+    from larq_esbnn import torch_import
+
+    checkpoint = pathlib.Path(checkpoint)
+    sha = sha256_file(checkpoint)
+    directory = get_cache_dir(cache_dir)
+    target = directory / f"{name}-{sha}.h5"
+    if target.is_file():
+        return target
+    if name not in torch_import.SUPPORTED:
+        raise WeightsError(
+            f"{checkpoint}: PyTorch checkpoints can be converted for "
+            f"{', '.join(torch_import.SUPPORTED)}, not for {name!r}"
+        )
+    try:
+        state = torch_import.load_state_dict(str(checkpoint))
+        into = model
+        if not any(layer.name == "head_fc" for layer in model.layers):
+            from larq_esbnn import models
+
+            fc = state.get("fc.weight")
+            extra = {"num_classes": int(fc.shape[0])} if fc is not None and fc.ndim == 2 else {}
+            into = models.get(name, input_shape=model.input_shape[1:], **extra)
+        report = torch_import.import_state_dict(into, name, state)
+    except torch_import.CheckpointError as err:
+        raise WeightsError(f"{checkpoint} is not a {name} checkpoint: {err}") from None
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.stem}.", suffix=".part.h5")
+    os.close(fd)
+    try:
+        into.save_weights(tmp)
+        os.replace(tmp, target)
+        info = {"checkpoint": str(checkpoint), "sha256": sha, "model": name, **report.as_dict()}
+        _atomic_text(target.with_suffix(".json"), json.dumps(info, indent=2))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"larq-esbnn: converted {checkpoint} -> {target}", file=sys.stderr)
+    return target
+
+
+def _atomic_text(path, text):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------- CLI
@@ -494,6 +755,8 @@ def _cli_weights(args):
             raise ValueError(f"usage: larq-esbnn weights fetch MODEL TAG (got {' '.join(rest[1:]) or 'nothing'})")
         models.entry(rest[1])
         e = entry(rest[1], rest[2])
+        if e.kind == "external":
+            raise ExternalWeightsError(e.instructions(args.cache_dir))
         path = _shipped_path(e) if e.shipped else fetch(e.url, e.sha256, args.cache_dir, e.filename)
         print(path)
         return 0
@@ -508,9 +771,9 @@ def _cli_weights(args):
         print(f"no pretrained weights are registered for {which}. Any .h5 file written by "
               "model.save_weights or `larq-esbnn import-torch` loads with weights=PATH.")
         return 0
-    rows = [("model", "tag", "top", "metric", "source", "location", "sha256")]
-    rows += [(e.model, e.tag, "yes" if e.include_top else "no", e.metric, e.source,
-              e.location, e.sha256[:12]) for e in entries]
+    rows = [("model", "tag", "kind", "top", "metric", "source", "location", "sha256")]
+    rows += [(e.model, e.tag, e.kind, "yes" if e.include_top else "no", e.metric, e.source,
+              e.location, (e.sha256 or "-")[:12]) for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -22,6 +22,7 @@ F = torch.nn.functional
 from larq_esbnn import cli, models  # noqa: E402
 from larq_esbnn.torch_import import (  # noqa: E402
     CheckpointError,
+    TernaryWeightsWarning,
     assign_state_dict,
     convert_checkpoint,
     load_state_dict,
@@ -297,9 +298,8 @@ def test_errors_name_the_tensor(capsys):
     zero = dict(sd)
     zero["layer1.0.binary_conv.weight"] = sd["layer1.0.binary_conv.weight"].copy()
     zero["layer1.0.binary_conv.weight"][3, 2, 1, 0] = 0.0
-    capsys.readouterr()
-    assign_state_dict(model, "reactnet_18", zero)
-    assert "1 binary weights are exactly 0 (in layer1.0.binary_conv (1))" in capsys.readouterr().err
+    with pytest.warns(TernaryWeightsWarning, match=r"1 latent binary weights are exactly 0 \(in layer1\.0\.binary_conv -> l0_conv \(1\)\)"):
+        assign_state_dict(model, "reactnet_18", zero)
 
     extra = dict(sd, **{"extra.weight": np.zeros(3, "float32")})
     assert assign_state_dict(model, "reactnet_18", extra) == ["extra.weight"]

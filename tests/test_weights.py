@@ -281,7 +281,7 @@ def test_corrupt_files_raise_clearly(good_file, tmp_path):
 
 def test_unknown_tag_lists_available(monkeypatch):
     with pytest.raises(WeightsError, match="available tags: none registered"):
-        weights.resolve("reactnet_a", "imagenet")
+        weights.resolve("bcdnet_b", "imagenet")
     with pytest.raises(WeightsError, match="unknown weights tag 'imagenet' for model 'resnet20'; available tags: 'cifar10'"):
         weights.resolve("resnet20", "imagenet")
     _register(monkeypatch, sha256="a" * 64, url="http://127.0.0.1:9/x.h5")
@@ -312,7 +312,7 @@ def test_fetch_rejects_bad_arguments(cache):
 
 
 def test_cli_list_and_fetch(server, cache, good_file, monkeypatch, capsys):
-    assert cli.main(["weights", "reactnet_a"]) == 0
+    assert cli.main(["weights", "bcdnet_b"]) == 0
     assert "no pretrained weights are registered" in capsys.readouterr().out
     assert cli.main(["weights"]) == 0
     assert "es_g_resnet20_cifar10.h5" in capsys.readouterr().out
