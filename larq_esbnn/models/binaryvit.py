@@ -53,6 +53,7 @@ def binaryvit_s(
     mlp_ratios=(8, 8, 4, 4),
     patch_size=4,
     pool_branches=(3, 5),
+    pad_value=0.0,
     binary_weights=True,
     bn_momentum=0.9,
     classifier_activation=None,
@@ -93,8 +94,12 @@ def binaryvit_s(
     ``dims``, ``depths``, ``heads``, ``reductions``, ``mlp_ratios``,
     ``patch_size`` and ``default_size`` describe other sizes (the CIFAR-10 pair
     below); ``pool_branches=()`` drops the multi-pooling branches.
+    ``pad_value`` (0 or 1) is accepted for the zoo-wide API only: the binary
+    convs here (1x1, and 2x2 at stride 2 on even maps) never pad.
     """
     check_num_classes(name, num_classes)
+    if pad_value not in (0, 0.0, 1, 1.0):
+        raise ValueError(f"{name}: pad_value must be 0 or 1, got {pad_value!r}")
     cfg = blocks.BlockConfig(tau=tau, binary_weights=binary_weights, bn_momentum=bn_momentum)
     dims, depths, heads = tuple(dims), tuple(depths), tuple(heads)
     reductions, mlp_ratios = tuple(reductions), tuple(mlp_ratios)

@@ -32,6 +32,7 @@ def mlp_mixer_s_binary(
     patch_size=16,
     token_expansion=4,
     channel_expansion=4,
+    pad_value=0.0,
     binary_weights=True,
     bn_momentum=0.9,
     classifier_activation=None,
@@ -49,8 +50,12 @@ def mlp_mixer_s_binary(
     MLP 2 * 4 * 512^2 = 2,097,152 binary + 29 C = 14,848 real; per block
     2,425,644, times 8 = 19,405,152; head BN 1,024 + dense 513,000:
     **20,312,904** in total, 19,235,840 of them binary.
+    ``pad_value`` (0 or 1) is accepted for the zoo-wide API only: 1x1 binary
+    convs never pad.
     """
     check_num_classes(name, num_classes)
+    if pad_value not in (0, 0.0, 1, 1.0):
+        raise ValueError(f"{name}: pad_value must be 0 or 1, got {pad_value!r}")
     for key, value in (("width", width), ("depth", depth), ("patch_size", patch_size),
                        ("token_expansion", token_expansion), ("channel_expansion", channel_expansion)):
         if not isinstance(value, int) or value < 1:
