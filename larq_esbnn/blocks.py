@@ -346,7 +346,7 @@ def vit_attention(h, heads, reduction, cfg, name):
 
     Parameters (C channels): q, k, v, o linears 4 C^2 binary (+ C^2 for the
     reduction linear when R > 1); per-channel: 3 moves + 3 BN + 3 RPReLU + 3
-    sign shifts for q/k/v (24 C), context BN + RPReLU (5 C), output move + BN +
+    sign shifts for q/k/v (21 C), context BN + RPReLU (5 C), output move + BN +
     RPReLU + LayerScale (8 C), reduction move + BN + RPReLU (6 C, R > 1), and
     the probability scale alpha (1).
     """
@@ -395,7 +395,7 @@ def vit_ffn(h2, ratio, cfg, name):
     c = h2.shape[-1]
     tau = cfg.tau
     hidden = ratio * c
-    for width, what in ((hidden, "hidden width r*C"), (c, "width C")):
+    for width, what in ((c, "width C"), (hidden, "hidden width r*C")):
         if width % tau:
             raise ValueError(f"{name}: {what} = {width} is not divisible by tau = {tau}")
     e = ChannelTile(tau, name=f"{name}_expand")(h2) if tau > 1 else h2

@@ -57,7 +57,7 @@ def vit_counts(dims, depths, heads, reductions, mlp_ratios, patch, size=224, cla
     for s, (c, depth, r, ratio) in enumerate(zip(dims, depths, reductions, mlp_ratios)):
         n = tokens * tokens
         m = n // (r * r)
-        att = 40 * c + 1 + (6 * c if r > 1 else 0)
+        att = 34 * c + 1 + (6 * c if r > 1 else 0)
         ffn = c + 5 * ratio * c + ratio * c + 7 * c + (tau - 1) * c * (1 + 6 * ratio)
         block = att + ffn + 4 * c + 4 * pool_branches * c
         lin = 4 * c * c + (c * c if r > 1 else 0) + 2 * ratio * c * c

@@ -80,10 +80,10 @@ def binaryvit_s(
       2 r C^2 (FFN) -> 3 (5 + 16) 64^2 + 4 (5 + 16) 128^2 + 8 (4 + 8) 256^2 +
       4 (4 + 8) 512^2 = 20,508,672; patch merging 4 (64*128 + 128*256 +
       256*512) = 688,128;
-    - real, per block: attention 40 C + 1 (+ 6 C with reduction), FFN
+    - real, per block: attention 34 C + 1 (+ 6 C with reduction), FFN
       C + 5 r C + r C + 7 C, block norms 4 C, four pooling LayerScales 8 C
-      -> 1,029,251 over the 19 blocks; stem 3,136 + BN 128 + position 3136 * 64 =
-      200,704; merging 3 C_in + 5 C_out + (H/2)(W/2) C_out = 114,240; final BN
+      -> 395,539 over the 19 blocks; stem 3,136 + BN 128 + position 3136 * 64 =
+      200,704; merging 3 C_in + 5 C_out + (H/2)(W/2) C_out = 181,440; final BN
       1,024; classifier 513,000. Total 22,491,771.
 
     The count implies no bias on the q / k / v / reduction linears (the config
