@@ -23,7 +23,8 @@ import larq_esbnn  # noqa: E402,F401  (selects Keras 2 before TensorFlow loads)
 from larq_esbnn import export  # noqa: E402
 
 MODELS = ["reactnet_a", "es_reactnet_a", "bcdnet_a", "bcdnet_b", "reactnet_18"]
-RATIOS = [("es_reactnet_a", "reactnet_a"), ("bcdnet_a", "reactnet_a"), ("bcdnet_b", "reactnet_a")]
+RATIOS = [("es_reactnet_a", "reactnet_a"), ("bcdnet_a", "reactnet_a"), ("bcdnet_b", "reactnet_a"),
+          ("es_binaryvit_s", "binaryvit_s")]
 HERE = pathlib.Path(__file__).resolve().parent
 
 
@@ -47,12 +48,16 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--xnnpack", action="store_true")
+    parser.add_argument("--models", nargs="+", default=MODELS, help="zoo models to time (default: %(default)s)")
+    parser.add_argument("--base", default=None, help="row the ratios refer to (default: the first model)")
+    parser.add_argument("--no-references", action="store_true", help="skip QuickNet, MobileNetV2 and ResNet50")
     parser.add_argument("--out", default=str(HERE / "results_lce"),
                         help="output path without extension (.json and .md are written)")
     args = parser.parse_args(argv)
     rows = export.benchmark(
-        MODELS, threads=args.threads, runs=args.runs, warmup=args.warmup,
-        input_size=args.input_size, base="reactnet_a", use_xnnpack=args.xnnpack,
+        args.models, threads=args.threads, runs=args.runs, warmup=args.warmup,
+        input_size=args.input_size, base=args.base or args.models[0], use_xnnpack=args.xnnpack,
+        references=not args.no_references,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     command = "python benchmarks/benchmark_lce.py " + " ".join(argv if argv is not None else sys.argv[1:])

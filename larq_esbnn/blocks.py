@@ -20,13 +20,18 @@ import tensorflow as tf
 
 from larq_esbnn.layers import (
     BinaryConv2D,
+    BinaryLinear,
+    ChannelAvgPool,
     ChannelSplit,
     ChannelTile,
     ContextualThresholds,
+    LayerScale,
     LearnableBias,
     LongShortShift,
+    PositionEmbedding,
     RPReLU,
     SymmetricMaxPool2D,
+    TokenAttention,
     batch_norm,
 )
 
@@ -299,3 +304,201 @@ def resnet18_stem(x, cfg):
     x = cfg.bn("stem_bn")(x)
     x = SymmetricMaxPool2D(name="stem_pool")(x)
     return stem_tile(x, cfg)
+
+
+# =============================================================================
+# Transformer and MLP blocks: BinaryViT (Le & Li 2023) and the binary MLP-Mixer
+# =============================================================================
+#
+# Tokens are NHWC maps (batch, H, W, C), so every token-wise binary linear is a
+# 1x1 BinaryConv2D (``BinaryLinear``) and LCE sees a binary conv. BatchNorm over
+# channels with statistics over batch x tokens replaces LayerNorm, as in
+# BinaryViT's released configuration.
+
+
+def binary_linear(x, units, cfg, name, centred=True):
+    """``LearnableBias`` (the "move") -> sign -> token-wise binary linear (1x1 conv)."""
+    b = LearnableBias(name=f"{name}_move")(x)
+    return BinaryLinear(units, centred=centred, binary_weights=cfg.binary_weights, name=name)(b)
+
+
+def _wrapped_linear(x, cfg, name):
+    """BinaryViT's wrapped linear, C -> C: ``BN(Lin(x + move)) + x``."""
+    y = cfg.bn(f"{name}_bn")(binary_linear(x, x.shape[-1], cfg, name))
+    return layers.Add(name=f"{name}_add")([y, x])
+
+
+def vit_attention(h, heads, reduction, cfg, name):
+    r"""BinaryViT attention on the normalised tokens ``h`` (C channels), without the
+    residual add. Spec section D:
+
+    \\[
+    \tilde q = \mathrm{RPReLU}(\mathrm{BN}(\mathrm{Lin}_q(h + s_q)) + h),\quad
+    h_r = \mathrm{RPReLU}(\mathrm{BN}(\mathrm{Lin}_r(\bar h + s_r)) + \bar h),\
+    \bar h = \mathrm{AvgPool}_R(h)
+    \\]
+    (``h_r = h`` when R = 1); \\(\tilde k, \tilde v\\) like \\(\tilde q\\) from
+    \\(h_r\\); Q, K, V = sign(. + shift); ``ctx`` = :class:`TokenAttention`
+    with probabilities in {0, alpha};
+    \\(c = \mathrm{RPReLU}(\mathrm{BN}(ctx) + \tilde q + \mathrm{up}(\tilde k) + \mathrm{up}(\tilde v))\\)
+    (nearest upsampling by R); output
+    \\(\mathrm{LayerScale}(\mathrm{RPReLU}(\mathrm{BN}(\mathrm{Lin}_o(c + s_o)) + c))\\).
+
+    Parameters (C channels): q, k, v, o linears 4 C^2 binary (+ C^2 for the
+    reduction linear when R > 1); per-channel: 3 moves + 3 BN + 3 RPReLU + 3
+    sign shifts for q/k/v (21 C), context BN + RPReLU (5 C), output move + BN +
+    RPReLU + LayerScale (8 C), reduction move + BN + RPReLU (6 C, R > 1), and
+    the probability scale alpha (1).
+    """
+    q = RPReLU(name=f"{name}_q_rprelu")(_wrapped_linear(h, cfg, f"{name}_q"))
+    if reduction > 1:
+        pooled = layers.AveragePooling2D(reduction, name=f"{name}_pool")(h)
+        hr = RPReLU(name=f"{name}_r_rprelu")(_wrapped_linear(pooled, cfg, f"{name}_r"))
+    else:
+        hr = h
+    k = RPReLU(name=f"{name}_k_rprelu")(_wrapped_linear(hr, cfg, f"{name}_k"))
+    v = RPReLU(name=f"{name}_v_rprelu")(_wrapped_linear(hr, cfg, f"{name}_v"))
+    signs = [
+        lq.quantizers.ApproxSign(name=f"{name}_{t}_sign")(LearnableBias(name=f"{name}_{t}_shift")(z))
+        for t, z in (("q", q), ("k", k), ("v", v))
+    ]
+    ctx = TokenAttention(heads, name=f"{name}_attn")(signs)
+    if reduction > 1:
+        k = layers.UpSampling2D(reduction, interpolation="nearest", name=f"{name}_k_up")(k)
+        v = layers.UpSampling2D(reduction, interpolation="nearest", name=f"{name}_v_up")(v)
+    ctx = cfg.bn(f"{name}_ctx_bn")(ctx)
+    c = RPReLU(name=f"{name}_ctx_rprelu")(layers.Add(name=f"{name}_ctx_add")([ctx, q, k, v]))
+    o = RPReLU(name=f"{name}_o_rprelu")(_wrapped_linear(c, cfg, f"{name}_o"))
+    return LayerScale(0.1, name=f"{name}_o_scale")(o)
+
+
+def vit_ffn(h2, ratio, cfg, name):
+    r"""BinaryViT FFN (C -> rC -> C) with ES as ``cfg.tau``, without the residual add.
+
+    Base (tau = 1):
+    \\(u = \mathrm{RPReLU}(\mathrm{BN}(\mathrm{Lin}_1(h_2 + s_1)) + \mathrm{tile}_r(h_2))\\),
+    \\(v = \mathrm{LayerScale}(\mathrm{RPReLU}(\mathrm{BN}(\mathrm{Lin}_2(u + s_2)) + \mathrm{avgpool}_r(u)))\\).
+
+    ES (*inferred*, spec D "Where ES goes"): the input is tiled tau times (tau C,
+    one shift per copy, so the sign applies tau thresholds to each value);
+    Lin1 maps tau C -> rC / tau and is tiled tau^2 times (hidden stream r tau C);
+    Lin2 maps r tau C -> C / tau. The block returns to C channels before the
+    residual add by keeping the first C channels (like the ES-BNext head): the
+    first C channels of Lin2's output tiled tau^2 times are its output tiled tau
+    times, and those of ``avgpool_r(u)`` are the pooled first rC channels of u;
+    the cut is made there, so BN2, RPReLU2 and LayerScale stay C wide (no dead
+    parameters). Binary weights (2 r C^2) and binary MACs are those of the base;
+    each output entry of Lin1 and Lin2 sums tau times more products.
+    Extra parameters over the base: (tau - 1) C (1 + 6 r) (move 1, BN 1 and
+    RPReLU 1 and move 2 on the wider streams).
+    """
+    c = h2.shape[-1]
+    tau = cfg.tau
+    hidden = ratio * c
+    for width, what in ((c, "width C"), (hidden, "hidden width r*C")):
+        if width % tau:
+            raise ValueError(f"{name}: {what} = {width} is not divisible by tau = {tau}")
+    e = ChannelTile(tau, name=f"{name}_expand")(h2) if tau > 1 else h2
+    y = binary_linear(e, hidden // tau, cfg, f"{name}_fc1")
+    if tau > 1:
+        y = ChannelTile(tau * tau, name=f"{name}_fc1_tile")(y)
+    y = cfg.bn(f"{name}_fc1_bn")(y)
+    u = ChannelTile(ratio, name=f"{name}_fc1_sc")(e) if ratio > 1 else e
+    u = RPReLU(name=f"{name}_fc1_rprelu")(layers.Add(name=f"{name}_fc1_add")([y, u]))
+    y = binary_linear(u, c // tau, cfg, f"{name}_fc2")
+    if tau > 1:
+        y = ChannelTile(tau, name=f"{name}_fc2_tile")(y)  # = first C channels of the tau^2 tiling
+    y = cfg.bn(f"{name}_fc2_bn")(y)
+    s = ChannelAvgPool(ratio, name=f"{name}_fc2_sc")(u)
+    if tau > 1:
+        s = ChannelSplit(tau, name=f"{name}_fc2_first")(s)[0]
+    v = RPReLU(name=f"{name}_fc2_rprelu")(layers.Add(name=f"{name}_fc2_add")([y, s]))
+    return LayerScale(0.1, name=f"{name}_fc2_scale")(v)
+
+
+def _axis_pool(x, k, axis, name):
+    """1-D average pool of size k along H or W, stride 1, zero padding counted in the
+    mean (PyTorch ``AvgPool2d((k, 1)), padding=((k - 1) / 2, 0)``)."""
+    p = (k - 1) // 2
+    pad = ((p, p), (0, 0)) if axis == "h" else ((0, 0), (p, p))
+    size = (k, 1) if axis == "h" else (1, k)
+    y = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+    return layers.AveragePooling2D(size, strides=1, padding="valid", name=f"{name}_pool")(y)
+
+
+def vit_block(x, heads, reduction, ratio, cfg, name, pool_branches=(3, 5)):
+    r"""One pre-norm BinaryViT block (spec D):
+
+    \\(x \leftarrow x + \mathrm{Attn}(\mathrm{BN}(x))\\), then with
+    \\(h_2 = \mathrm{BN}(x)\\):
+    \\(x \leftarrow x + \mathrm{FFN}(h_2) + \sum_{k, a} \mathrm{LayerScale}_0(\mathrm{pool}_{k,a}(h_2))\\)
+    over kernels ``pool_branches`` and axes {H, W} (LayerScale starting at 0).
+    """
+    h = cfg.bn(f"{name}_norm1")(x)
+    x = layers.Add(name=f"{name}_add1")([vit_attention(h, heads, reduction, cfg, f"{name}_att"), x])
+    h2 = cfg.bn(f"{name}_norm2")(x)
+    terms = [vit_ffn(h2, ratio, cfg, f"{name}_ffn"), x]
+    for k in pool_branches:
+        for axis in ("h", "w"):
+            branch = _axis_pool(h2, k, axis, f"{name}_avg{axis}{k}")
+            terms.append(LayerScale(0.0, name=f"{name}_avg{axis}{k}_scale")(branch))
+    return layers.Add(name=f"{name}_add2")(terms)
+
+
+def vit_patch_merging(x, out_channels, cfg, name):
+    r"""Binary 2x2 patch merging between BinaryViT stages (C -> 2C, tokens / 4):
+
+    \\(z = \mathrm{BN}_0(x)\\),
+    \\(y = \mathrm{RPReLU}(\mathrm{BN}(\mathrm{BinConv}_{2\times2, s2}(z + s)) +
+    \mathrm{tile}_{2}(\mathrm{AvgPool}_2(z))) + E\\) with a new position embedding E.
+    The conv's kernel is ReActNet's scaled sign (no centring). Parameters:
+    4 C_in C_out binary + 3 C_in + 5 C_out + (H/2)(W/2) C_out.
+    """
+    c = x.shape[-1]
+    if out_channels % c:
+        raise ValueError(f"{name}: out_channels {out_channels} must be a multiple of the input width {c}")
+    z = cfg.bn(f"{name}_norm")(x)
+    shortcut = layers.AveragePooling2D(2, name=f"{name}_pool")(z)
+    if out_channels > c:
+        shortcut = ChannelTile(out_channels // c, name=f"{name}_tile")(shortcut)
+    y = BinaryConv2D(
+        out_channels, 2, strides=2, symmetric=False, binary_weights=cfg.binary_weights, name=f"{name}_conv"
+    )(LearnableBias(name=f"{name}_move")(z))
+    y = cfg.bn(f"{name}_bn")(y)
+    y = RPReLU(name=f"{name}_rprelu")(layers.Add(name=f"{name}_add")([y, shortcut]))
+    return PositionEmbedding(name=f"{name}_pos")(y)
+
+
+def _mixer_mlp(x, expansion, cfg, name):
+    """Binary two-layer MLP over the channels of ``x``: move -> sign -> 1x1 binary
+    conv C -> eC -> BN -> RPReLU -> move -> sign -> 1x1 binary conv eC -> C -> BN."""
+    c = x.shape[-1]
+    y = binary_linear(x, expansion * c, cfg, f"{name}_fc1", centred=False)
+    y = RPReLU(name=f"{name}_fc1_rprelu")(cfg.bn(f"{name}_fc1_bn")(y))
+    y = binary_linear(y, c, cfg, f"{name}_fc2", centred=False)
+    return cfg.bn(f"{name}_fc2_bn")(y)
+
+
+def mixer_block(x, cfg, name, token_expansion=4, channel_expansion=4):
+    r"""Binary MLP-Mixer block (BCDNet's pilot, *inferred*: no released code).
+
+    With tokens X (N x C): \\(X \leftarrow X + \mathrm{MLP}_{tok}(\mathrm{BN}(X)^\top)^\top\\),
+    then \\(X \leftarrow X + \mathrm{MLP}_{ch}(\mathrm{BN}(X))\\), where each MLP is
+    move -> sign -> binary linear (ReActNet's scaled sign weights) -> BN ->
+    RPReLU -> move -> sign -> binary linear -> BN, widening by the expansion in
+    between (GELU replaced by RPReLU, LayerNorm by BN). The token MLP runs as a
+    1x1 binary conv on the transposed map (1, C, N), so it stays an LCE bconv.
+
+    Parameters: token MLP 2 e_t N^2 binary + 2 C + (3 + 6 e_t) N real;
+    channel MLP 2 e_c C^2 binary + (5 + 6 e_c) C real.
+    """
+    h, w, c = x.shape[1:]
+    n = h * w
+    t = cfg.bn(f"{name}_norm1")(x)
+    t = layers.Permute((1, 3, 2), name=f"{name}_to_tokens")(layers.Reshape((1, n, c), name=f"{name}_flat")(t))
+    t = _mixer_mlp(t, token_expansion, cfg, f"{name}_tok")
+    t = layers.Permute((1, 3, 2), name=f"{name}_from_tokens")(t)
+    t = layers.Reshape((h, w, c), name=f"{name}_unflat")(t)
+    x = layers.Add(name=f"{name}_add1")([x, t])
+    y = _mixer_mlp(cfg.bn(f"{name}_norm2")(x), channel_expansion, cfg, f"{name}_ch")
+    return layers.Add(name=f"{name}_add2")([x, y])

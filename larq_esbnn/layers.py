@@ -10,7 +10,13 @@ from contextlib import contextmanager
 import larq as lq
 import tensorflow as tf
 
-from larq_esbnn.quantizers import ACTIVATION_QUANTIZER, ScaledBinaryWeight, approx_sign_train
+from larq_esbnn.quantizers import (
+    ACTIVATION_QUANTIZER,
+    CentredBinaryWeight,
+    ScaledBinaryWeight,
+    approx_sign_train,
+    binarize_probabilities,
+)
 
 _register = tf.keras.utils.register_keras_serializable(package="larq_esbnn")
 
@@ -447,3 +453,188 @@ class SymmetricMaxPool2D(tf.keras.layers.Layer):
 def batch_norm(name=None, momentum=0.9):
     """BatchNorm with the PyTorch defaults (epsilon 1e-5, momentum 0.9 in Keras terms)."""
     return tf.keras.layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name=name)
+
+
+# ----------------------------------------------------------------------------- transformers
+#
+# Token layers of BinaryViT and the binary MLP-Mixer. Tokens are NHWC maps
+# (batch, height, width, channels), so a token-wise linear is a 1x1 conv and LCE
+# sees a binary conv.
+
+
+@_register
+class BinaryLinear(BinaryConv2D):
+    r"""Token-wise binary linear layer, written as a 1x1 :class:`BinaryConv2D`.
+
+    \\[ y_t = \mathrm{sign}(x_t)\, q(W) \\]
+
+    With ``centred=True`` (BinaryViT) the kernel is
+    :class:`~larq_esbnn.quantizers.CentredBinaryWeight` (sign of the row-centred
+    weight times mean|W|), else ReActNet's scaled sign. Other arguments as
+    :class:`BinaryConv2D` (``binary_weights=False`` keeps real weights for step 1
+    of the two-step recipe). No bias.
+    """
+
+    def __init__(self, filters, kernel_size=1, centred=True, **kwargs):
+        kwargs.setdefault("symmetric", False)
+        super().__init__(filters, kernel_size, **kwargs)
+        self.centred = bool(centred)
+        if self.centred and self.binary_weights:
+            self.kernel_quantizer = CentredBinaryWeight()
+
+    def get_config(self):
+        return {**super().get_config(), "centred": self.centred}
+
+
+@_register
+class LayerScale(tf.keras.layers.Layer):
+    r"""Per-channel affine map \\(y = \gamma \odot x + \beta\\) (BinaryViT's LayerScale).
+
+    \\(\gamma\\) starts at ``init`` (0.1 on the attention / FFN outputs, 0 on the
+    pooling branches), \\(\beta\\) at 0. The weights are called ``gamma`` and
+    ``beta`` like BN's, so the trainer's weight-decay filter leaves them alone.
+    """
+
+    def __init__(self, init=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.init = float(init)
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer=tf.keras.initializers.Constant(self.init))
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs * self.gamma + self.beta
+
+    def get_config(self):
+        return {**super().get_config(), "init": self.init}
+
+
+@_register
+class PositionEmbedding(tf.keras.layers.Layer):
+    r"""Learned position embedding added to a token map: \\(y_{h,w,c} = x_{h,w,c} + E_{h,w,c}\\).
+
+    One (H, W, C) table (H W C parameters; the released code's ``(1, N, C)`` in
+    row-major token order), initialised from a truncated normal with std 0.02.
+    """
+
+    def build(self, input_shape):
+        h, w, c = input_shape[1:]
+        if h is None or w is None:
+            raise ValueError(f"{self.name}: a position embedding needs a static token grid, got {tuple(input_shape)}")
+        self.embedding = self.add_weight(
+            name="embedding", shape=(h, w, c), initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02)
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs + self.embedding
+
+
+@_register
+class ChannelAvgPool(tf.keras.layers.Layer):
+    r"""Average of adjacent channel groups: \\(y_c = \frac{1}{r}\sum_{j<r} x_{rc + j}\\).
+
+    BinaryViT's shortcut around a shrinking linear (rC -> C), PyTorch's
+    ``AvgPool1d(r)`` over the channel axis.
+    """
+
+    def __init__(self, pool, **kwargs):
+        super().__init__(**kwargs)
+        if int(pool) < 1:
+            raise ValueError(f"ChannelAvgPool pool must be >= 1, got {pool!r}")
+        self.pool = int(pool)
+
+    def build(self, input_shape):
+        if input_shape[-1] % self.pool:
+            raise ValueError(f"{self.name}: {input_shape[-1]} channels do not split into groups of {self.pool}")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        if self.pool == 1:
+            return inputs
+        c = inputs.shape[-1]
+        shape = tf.concat([tf.shape(inputs)[:-1], [c // self.pool, self.pool]], 0)
+        return tf.reduce_mean(tf.reshape(inputs, shape), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        shape[-1] = shape[-1] // self.pool
+        return tf.TensorShape(shape)
+
+    def get_config(self):
+        return {**super().get_config(), "pool": self.pool}
+
+
+@_register
+class TokenAttention(tf.keras.layers.Layer):
+    r"""Multi-head attention core on token maps: ``[Q, K, V] -> softmax(Q K^T / sqrt(d)) V``.
+
+    Inputs are NHWC maps: Q of shape (H, W, C), K and V of shape (h, w, C)
+    (spatially reduced in BinaryViT's first stages). With ``H W = N``,
+    ``h w = M`` and ``d = C / heads``, per head:
+
+    \\[
+    S = \tfrac{1}{\sqrt d}\, Q K^\top \in \mathbb{R}^{N \times M},\quad
+    P = \mathrm{softmax}(S),\quad
+    \hat P = \alpha\, \mathrm{clip}(\mathrm{round}(P / \alpha), 0, 1),\quad
+    Y = \hat P V
+    \\]
+
+    The binarisation of the probabilities to \\(\{0, \alpha\}\\) (BiT style,
+    \\(\alpha\\) one learnable scalar initialised to ``prob_init``) is on when
+    ``binary_probs``. Q, K, V are used as given: BinaryViT binarises them with a
+    sign layer in front, and then Q K^T and \\(\hat P V\\) are binary matmuls
+    (the operation counter checks the inputs). The layer has no projections.
+    """
+
+    def __init__(self, heads, binary_probs=True, prob_init=0.005, **kwargs):
+        super().__init__(**kwargs)
+        if int(heads) < 1:
+            raise ValueError(f"heads must be >= 1, got {heads!r}")
+        self.heads = int(heads)
+        self.binary_probs = bool(binary_probs)
+        self.prob_init = float(prob_init)
+
+    def build(self, input_shape):
+        q, k, v = [tf.TensorShape(s) for s in input_shape]
+        c = q[-1]
+        if c % self.heads:
+            raise ValueError(f"{self.name}: {c} channels do not split into {self.heads} heads")
+        if k[-1] != c or v[-1] != c or k[1:3] != v[1:3]:
+            raise ValueError(f"{self.name}: K and V must share one shape with Q's channels, got {q}, {k}, {v}")
+        if self.binary_probs:
+            # called gamma so that the trainer's weight-decay filter skips it
+            self.gamma = self.add_weight(
+                name="prob_gamma", shape=(), initializer=tf.keras.initializers.Constant(self.prob_init)
+            )
+        super().build(input_shape)
+
+    def _heads(self, x):
+        c = x.shape[-1]
+        n = x.shape[1] * x.shape[2]
+        x = tf.reshape(x, [-1, n, self.heads, c // self.heads])
+        return tf.transpose(x, [0, 2, 1, 3])  # (B, heads, tokens, d)
+
+    def call(self, inputs):
+        q, k, v = inputs
+        h, w, c = q.shape[1:]
+        d = c // self.heads
+        scores = tf.matmul(self._heads(q), self._heads(k), transpose_b=True) * (1.0 / d**0.5)
+        probs = tf.nn.softmax(scores, axis=-1)
+        if self.binary_probs:
+            probs = binarize_probabilities(probs, tf.cast(self.gamma, probs.dtype))
+        y = tf.matmul(probs, self._heads(v))  # (B, heads, N, d)
+        y = tf.transpose(y, [0, 2, 1, 3])
+        return tf.reshape(y, [-1, h, w, c])
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape[0])
+
+    def get_config(self):
+        return {
+            **super().get_config(), "heads": self.heads, "binary_probs": self.binary_probs,
+            "prob_init": self.prob_init,
+        }

@@ -83,3 +83,68 @@ def approx_sign_train(x):
 
 def get_activation_quantizer():
     return lq.quantizers.get(ACTIVATION_QUANTIZER)
+
+
+@tf.custom_gradient
+def centred_binary_weight(w):
+    r"""BinaryViT's linear weights: centre each output row, then sign, times mean|W|.
+
+    \\[
+    \bar W_{\dots,o} = W_{\dots,o} - \tfrac{1}{n}\sum_{\dots} W_{\dots,o}, \qquad
+    q(W)_{\dots,o} = \Big(\tfrac{1}{n}\sum_{\dots} |W_{\dots,o}|\Big)\,
+    \mathrm{sign}(\bar W_{\dots,o})
+    \\]
+
+    (the scale is taken from the *uncentred* row and treated as a constant, as in
+    the released code). Backward: the straight-through gradient of
+    ``clip(W_bar, -1, 1)``, including the centring, i.e.
+    \\(\partial W = m g - \tfrac{1}{n}\sum_{\dots} m g\\) with
+    \\(m = \mathbf{1}_{|\bar W| \le 1}\\). The forward value is exactly
+    ``+-alpha`` per output channel, so LCE folds it into a binary conv.
+    """
+    axes = list(range(w.shape.rank - 1))
+    alpha = _output_channel_mean_abs(w)
+    centred = w - tf.reduce_mean(w, axis=axes, keepdims=True)
+    out = alpha * lq.math.sign(centred)
+
+    def grad(dy):
+        masked = tf.where(tf.abs(centred) <= 1.0, dy, tf.zeros_like(dy))
+        return masked - tf.reduce_mean(masked, axis=axes, keepdims=True)
+
+    return out, grad
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_esbnn")
+class CentredBinaryWeight(lq.quantizers.Quantizer):
+    r"""Serializable kernel quantizer: ``mean|W| * sign(W - row mean)`` per output channel.
+
+    The binary linear of BinaryViT (Le & Li 2023); see :func:`centred_binary_weight`.
+    ``precision = 1``: binary for the reports and the LCE converter.
+    """
+
+    precision = 1
+
+    def call(self, inputs):
+        return centred_binary_weight(inputs)
+
+
+@tf.custom_gradient
+def binarize_probabilities(p, alpha):
+    r"""BiT-style binarisation of attention probabilities to \\(\{0, \alpha\}\\).
+
+    Forward \\(\hat P = \alpha\,\mathrm{clip}(\mathrm{round}(P / \alpha), 0, 1)\\)
+    (``round`` half to even, as ``torch.round``). Backward with \\(q = P/\alpha\\):
+    \\(\partial P = g\,\mathbf{1}_{0 \le q \le 1}\\) and
+    \\(\partial \alpha = \sum g\,(\mathbf{1}_{0 \le q \le 1}(\mathrm{round}(q) - q)
+    + \mathbf{1}_{q > 1})\\), the learnable-scale gradient of the released code.
+    """
+    q = p / alpha
+    out = tf.clip_by_value(tf.round(q), 0.0, 1.0) * alpha
+
+    def grad(dy):
+        middle = tf.cast((q >= 0) & (q <= 1), dy.dtype)
+        big = tf.cast(q > 1, dy.dtype)
+        d_alpha = tf.reduce_sum((middle * (tf.round(q) - q) + big) * dy)
+        return dy * middle, tf.reshape(d_alpha, tf.shape(alpha))
+
+    return out, grad

@@ -12,6 +12,10 @@ Counting conventions (spec section 7 and BCDNet Table 1)
   BCDNet-B's contextual-threshold projections, and binary-input convs with
   real weights as in step 1 of the two-step recipe).
 * Elementwise work (BN, biases, RPReLU, adds, pooling, shifts, tiling) is 0.
+* Attention (:class:`~larq_esbnn.layers.TokenAttention`): Q K^T and P V are N M C
+  MACs each, BOPs when both operands are binary (sign outputs; probabilities
+  binarised to {0, alpha}), FLOPs otherwise; the softmax adds heads N M FLOPs
+  (one per score) in both conventions.
 * OPs = BOPs / 64 + FLOPs.
 
 ``convention="paper-extended"`` adds one real operation per output element of
@@ -259,6 +263,33 @@ def _count_contextual(layer, node, ctx):
     return _Count(real_macs=macs, note="dense W1, W2, W3")
 
 
+@register_counter(zl.TokenAttention)
+def _count_attention(layer, node, ctx):
+    """Q K^T and P V: N M C MACs each (N query tokens, M key tokens, C channels).
+
+    A matmul counts as BOPs when both of its operands are binary: Q K^T when the
+    Q and K inputs are sign outputs, P V when the probabilities are binarised
+    ({0, alpha}: one bit and a scalar scale) and V is a sign output. The softmax
+    counts as FLOPs, one per attention score (heads N M), in both conventions;
+    the 1/sqrt(d) scale folds into it.
+    """
+    q_shape, k_shape = node.input_shapes[0], node.input_shapes[1]
+    n, m, c = _spatial(q_shape), _spatial(k_shape), int(q_shape[-1])
+    q_bin, k_bin, v_bin = (list(node.input_binary) + [False] * 3)[:3]
+    macs = n * m * c
+    count = _Count(real_macs=layer.heads * n * m)
+    notes = ["softmax real"]
+    for label, binary in (("QK", q_bin and k_bin), ("PV", layer.binary_probs and v_bin)):
+        if binary:
+            count.bops += macs
+            notes.append(f"{label} binary")
+        else:
+            count.real_macs += macs
+            notes.append(f"{label} real")
+    count.note = ", ".join(notes)
+    return count
+
+
 def _per_element(note):
     def counter(layer, node, ctx):
         return _Count(elementwise=_elements(node.output_shapes[0]), note=note)
@@ -267,6 +298,8 @@ def _per_element(note):
 
 
 register_counter(tf.keras.layers.BatchNormalization)(_per_element(""))
+register_counter(zl.LayerScale)(_per_element("per-channel scale and shift"))
+register_counter(zl.PositionEmbedding)(_per_element("position embedding add"))
 register_counter(zl.LearnableBias)(_per_element(""))
 register_counter(zl.RPReLU, tf.keras.layers.PReLU)(_per_element(""))
 
@@ -311,6 +344,7 @@ register_counter(
     tf.keras.layers.GlobalAveragePooling3D, tf.keras.layers.GlobalMaxPooling1D,
     tf.keras.layers.GlobalMaxPooling2D, tf.keras.layers.GlobalMaxPooling3D,
     zl.ChannelTile, zl.ChannelSplit, zl.LongShortShift, zl.SymmetricMaxPool2D,
+    zl.ChannelAvgPool, tf.keras.layers.UpSampling1D, tf.keras.layers.UpSampling2D,
     lq.quantizers.Quantizer,
 )(_free())
 

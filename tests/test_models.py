@@ -12,6 +12,7 @@ RELEASED = {
     "reactnet_18": 11_704_424,
     "es_reactnet_a": 30_432_072,
     "bcdnet_a": 46_146_384,
+    "binaryvit_s": 22_491_771,  # spec D, measured on the released PyTorch definition
 }
 # Models without released code: counts pinned from our build; each docstring
 # explains how they follow from the design, and the ResNet-20 family is derived
@@ -27,6 +28,13 @@ DERIVED = {
     "g_resnet20": 287_610,
     "es_g_resnet20": 327_962,
     "resnet20_fp": 272_474,  # real-valued teacher: 16/32/64 widths, derivation in its docstring
+    # binary transformers and MLPs (issue 15): derivations in the docstrings and
+    # tests/test_transformers.py
+    "es_binaryvit_s": 22_628_667,
+    "binaryvit_cifar": 1_488_079,
+    "es_binaryvit_cifar": 1_503_279,
+    "mlp_mixer_s_binary": 20_312_904,
+    "reactnet_18_mixer": 11_017_985,
 }
 SMALL = {name: (32 if models.entry(name).input_size == 32 else 64) for name in models.names()}
 
@@ -37,7 +45,10 @@ def trainable(model):
 
 def test_registry_names():
     assert models.names() == sorted(RELEASED | DERIVED)
-    assert models.names("es_*") == ["es_bcdnet_a", "es_g_resnet20", "es_reactnet_18", "es_reactnet_a", "es_resnet20"]
+    assert models.names("es_*") == [
+        "es_bcdnet_a", "es_binaryvit_cifar", "es_binaryvit_s", "es_g_resnet20", "es_reactnet_18", "es_reactnet_a",
+        "es_resnet20",
+    ]
     with pytest.raises(ValueError, match="unknown model 'reactnet_b'; registered models: .*reactnet_a"):
         models.get("reactnet_b")
 
