@@ -12,6 +12,12 @@ RELEASED = {
     "reactnet_18": 11_704_424,
     "es_reactnet_a": 30_432_072,
     "bcdnet_a": 46_146_384,
+    # BNext: trainable = PyTorch parameters(), the release's unused PReLUs included (tests/test_bnext.py)
+    "bnext_t": 30_862_236,
+    "es_bnext_t": 30_943_490,
+    "bnext_s": 68_594_614,
+    "bnext_m": 134_501_974,
+    "bnext_l": 326_546_640,
 }
 # Models without released code: counts pinned from our build; each docstring
 # explains how they follow from the design, and the ResNet-20 family is derived
@@ -28,6 +34,10 @@ DERIVED = {
     "es_g_resnet20": 327_962,
     "resnet20_fp": 272_474,  # real-valued teacher: 16/32/64 widths, derivation in its docstring
 }
+# BNext-S/M/L (69-327 M parameters) are counted in tests/test_bnext.py from a
+# graph-mode build (no values allocated); building and saving them here would
+# take minutes and gigabytes, and they have no layer class BNext-T lacks.
+HEAVY = {"bnext_s", "bnext_m", "bnext_l"}
 SMALL = {name: (32 if models.entry(name).input_size == 32 else 64) for name in models.names()}
 
 
@@ -37,12 +47,14 @@ def trainable(model):
 
 def test_registry_names():
     assert models.names() == sorted(RELEASED | DERIVED)
-    assert models.names("es_*") == ["es_bcdnet_a", "es_g_resnet20", "es_reactnet_18", "es_reactnet_a", "es_resnet20"]
+    assert models.names("es_*") == [
+        "es_bcdnet_a", "es_bnext_t", "es_g_resnet20", "es_reactnet_18", "es_reactnet_a", "es_resnet20"
+    ]
     with pytest.raises(ValueError, match="unknown model 'reactnet_b'; registered models: .*reactnet_a"):
         models.get("reactnet_b")
 
 
-@pytest.mark.parametrize("name", sorted(RELEASED | DERIVED))
+@pytest.mark.parametrize("name", sorted(set(RELEASED | DERIVED) - HEAVY))
 def test_trainable_parameters(name):
     model = models.get(name)
     assert trainable(model) == (RELEASED | DERIVED)[name]
@@ -71,7 +83,7 @@ def test_resnet20_count_follows_from_the_design(tau, groups):
 SAVEDMODEL = {"es_g_resnet20", "bcdnet_b_18", "es_reactnet_a"}
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", sorted(set(models.names()) - HEAVY))
 def test_builds_runs_and_round_trips(name, tmp_path):
     size = SMALL[name]
     model = models.get(name, input_shape=(size, size, 3), num_classes=7)
