@@ -323,7 +323,8 @@ def _convert_layer(src, layer, kind, prefix):
         found = [p for p in names if p + ".weight" in src.state]
         if not found:
             raise CheckpointError(
-                f"checkpoint has no tensor {names[-1] + '.weight'!r} for Keras layer {name!r}, "
+                f"checkpoint has no tensor {' or '.join(repr(n + '.weight') for n in names)} for Keras "
+                f"layer {name!r}, "
                 f"expected shape {(cout, cin, kh, kw)}"
             )
         p = found[0]

@@ -311,6 +311,41 @@ def compare(label, model, ref, size=64):
     assert diff < 1e-6 * scale
 
 
+@pytest.mark.parametrize("model_name,tau,block,attention,strides", [
+    ("bnext_t", 1, 2, True, 2),  # ELM attention at stride 2, two FFN_1x1 concatenated
+    ("bnext_t", 1, 3, False, 1),  # FFN_3x3 (lambda not clamped) + one FFN_1x1
+    ("es_bnext_t", 2, 2, True, 2),  # the ES form: tiled convs and SE, se.se.4
+])
+def test_import_one_block_matches_the_reference(float64, model_name, tau, block, attention, strides):
+    """One block of the released layout: import its tensors into a Keras block and
+    compare with the reference forward of the same tensors (fast, every unit kind)."""
+    from larq_esbnn.torch_import import assign_state_dict
+
+    shapes = {k: v for k, v in released(model_name)["state_dict"].items() if k.startswith(f"feature.{block}.")}
+    sd = random_state_dict(shapes, seed=10 + block + tau, temperature=0.9 ** 200)
+    ch = BNEXT_CHANNELS["tiny"]
+    cin, cout = ch[block - 1], ch[block]
+    inp = tf.keras.Input((8, 8, cin * tau))
+    out = blocks.bnext_block(inp, cout, strides, attention, blocks.BlockConfig(tau=tau), f"b{block}")
+    model = tf.keras.Model(inp, out)
+    assert assign_state_dict(model, model_name, {k: v.numpy() for k, v in sd.items()}) == []
+    ref = Reference(sd, ch, tau)
+    x = torch.randn(2, cin * tau, 8, 8, generator=torch.Generator().manual_seed(block), dtype=torch.float64)
+    p = f"feature.{block}."
+    with torch.no_grad():
+        y = ref.unit(x, p + "Attention.", attention, 3, strides, False)
+        if cin == cout:
+            y = ref.unit(y, p + "FFN.", False, 1, 1, True)
+        else:
+            y = torch.cat([ref.unit(y, p + f"FFN_{j}.", False, 1, 1, True) for j in (1, 2)], 1)
+    expected = y.permute(0, 2, 3, 1).numpy()
+    got = model(x.permute(0, 2, 3, 1).numpy(), training=False).numpy()
+    assert ref.min_presign > 1e-9
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+@pytest.mark.slow
 def test_import_annealed_bnext_t_via_cli(tmp_path, capsys):
     spec = released("bnext_t")
     sd = random_state_dict(spec["state_dict"], seed=1, temperature=0.9 ** 200)
@@ -334,6 +369,7 @@ def test_import_annealed_bnext_t_via_cli(tmp_path, capsys):
         tf.keras.backend.set_floatx("float32")
 
 
+@pytest.mark.slow
 def test_import_es_bnext_t_with_unannealed_temperature(float64, capsys):
     """The released ES script never lowers T (spec B): such a checkpoint holds real
     weights clip(W, -1, 1); it converts with a warning and computes the same outputs."""
@@ -373,6 +409,7 @@ def test_import_errors_name_the_tensor():
 # ------------------------------------------------------------------- export
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bnext_t", "es_bnext_t"])
 def test_lce_export_every_binary_conv_binary(name):
     model = export.optimize_for_inference(models.get(name, input_shape=(32, 32, 3)))
