@@ -2,7 +2,7 @@
 
     /work/venv/bin/python benchmarks/benchmark_lce.py --threads 1 --runs 40
 
-Converts reactnet_a, es_reactnet_a, bcdnet_a, bcdnet_b, reactnet_18 (random
+Converts reactnet_a, es_reactnet_a, bcdnet_a, bcdnet_b, reactnet_18, bnext_t, es_bnext_t (random
 weights, 224x224, after ``optimize_for_inference``), larq-zoo QuickNet (LCE) and
 Keras MobileNetV2 / ResNet50 (plain TFLite, float32), times all of them
 round-robin in LCE's interpreter, and writes ``results_lce.json`` and
@@ -22,9 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import larq_esbnn  # noqa: E402,F401  (selects Keras 2 before TensorFlow loads)
 from larq_esbnn import export  # noqa: E402
 
-MODELS = ["reactnet_a", "es_reactnet_a", "bcdnet_a", "bcdnet_b", "reactnet_18"]
+MODELS = ["reactnet_a", "es_reactnet_a", "bcdnet_a", "bcdnet_b", "reactnet_18", "bnext_t", "es_bnext_t"]
 RATIOS = [("es_reactnet_a", "reactnet_a"), ("bcdnet_a", "reactnet_a"), ("bcdnet_b", "reactnet_a"),
-          ("es_binaryvit_s", "binaryvit_s")]
+          ("es_bnext_t", "bnext_t"), ("bnext_t", "reactnet_a"), ("es_binaryvit_s", "binaryvit_s")]
 HERE = pathlib.Path(__file__).resolve().parent
 
 

@@ -25,13 +25,16 @@ from larq_esbnn.layers import (
     ChannelSplit,
     ChannelTile,
     ContextualThresholds,
+    InformationRecoupling,
     LayerScale,
     LearnableBias,
     LongShortShift,
     PositionEmbedding,
     RPReLU,
     SymmetricMaxPool2D,
+    TemperatureBinaryConv2D,
     TokenAttention,
+    UnusedWeight,
     batch_norm,
 )
 
@@ -502,3 +505,126 @@ def mixer_block(x, cfg, name, token_expansion=4, channel_expansion=4):
     x = layers.Add(name=f"{name}_add1")([x, t])
     y = _mixer_mlp(cfg.bn(f"{name}_norm2")(x), channel_expansion, cfg, f"{name}_ch")
     return layers.Add(name=f"{name}_add2")([x, y])
+
+
+# ----------------------------------------------------------------------------- BNext
+#
+# BNext (Guo et al. 2022, the released hpi-xnor/BNext code) and ES-BNext (the
+# ES-BNN release ``bnext_rep_ops.py``), spec bnext_binaryvit.md sections A-B.
+# ``tau`` is the release's ``rep_beta``: every real-valued feature map is tau
+# times wider, every binary conv maps tau C -> C / tau and its output is tiled
+# tau^2 times, the SE convs shrink the same way and are tiled tau^2 times.
+# Layer names: unit ``p`` = ``b{i}_u3`` (the 3x3 unit, torch ``Attention``),
+# ``b{i}_ffn`` or ``b{i}_ffn1`` / ``b{i}_ffn2`` (torch ``FFN`` / ``FFN_1`` /
+# ``FFN_2``); inside a unit ``p_move``, ``p_conv``, ``p_bn1``, ``p_prelu2``,
+# ``p_recouple`` (lambda), ``p_se1``, ``p_se2``, ``p_bn2``, ``p_prelu1``.
+
+
+def _tile(x, reps, name):
+    return ChannelTile(reps, name=name)(x) if reps > 1 else x
+
+
+def bnext_se(m, cfg, name):
+    r"""Squeeze-and-expand of BNext, in the ES form of the release.
+
+    \\(s = \sigma(\mathrm{tile}_{\tau^2}(W_2\, \mathrm{ReLU}(\mathrm{tile}_{\tau^2}(W_1
+    \mathrm{GAP}(m) + b_1)) + b_2))\\) with \\(W_1: \tau C \to C/(8\tau)\\) and
+    \\(W_2: \tau C/8 \to C/\tau\\); for tau = 1 the plain C -> C/8 -> C SE block.
+    Parameters: \\(C^2/8 + C/(8\tau) + C^2/8 + C/\tau\\).
+    """
+    tau = cfg.tau
+    channels = m.shape[-1] // tau
+    if channels % (8 * tau):
+        raise ValueError(f"{name}: SE needs C/8 divisible by tau; got C={channels}, tau={tau}")
+    s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(m)
+    s = layers.Conv2D(channels // (8 * tau), 1, name=f"{name}_se1")(s)
+    s = _tile(s, tau * tau, f"{name}_se1_tile")
+    s = layers.ReLU(name=f"{name}_se_relu")(s)
+    s = layers.Conv2D(channels // tau, 1, name=f"{name}_se2")(s)
+    s = _tile(s, tau * tau, f"{name}_se2_tile")
+    return layers.Activation("sigmoid", name=f"{name}_se_sigmoid")(s)
+
+
+def bnext_unit(x, kind, kernel_size, strides, cfg, name, temperature=0.0, unused_weights=True):
+    r"""One BNext unit C -> C (stream width tau C); ``kind`` 'ffn' or 'attention'.
+
+    Main path: \\(s = \mathrm{HardSign}(x + b)\\), \\(y = \mathrm{PReLU}_2(\mathrm{BN}_1(
+    \mathrm{tile}_{\tau^2}(\mathrm{BinConv}_k(s))))\\) (k = ``kernel_size``: 3 for the first
+    unit of a block, 1 for the FFN_1x1 units), information recoupling
+    \\(m = \lambda x' + (1 - \lambda) y\\), \\(y \leftarrow \mathrm{SE}(m) \odot y\\),
+    where \\(x'\\) is x, AvgPool 2x2 at stride 2.
+
+    - 'ffn' (FFN_3x3 / FFN_1x1): \\(\mathrm{out} = \mathrm{BN}_2(y) + x'\\);
+    - 'attention' (ELM attention): \\(r = \mathrm{PReLU}_1(x)\\) (pooled at stride 2),
+      \\(\mathrm{out} = \mathrm{BN}_2(y \odot r) + r\\).
+
+    The release also builds a PReLU_1 in 'ffn' units that it never calls; with
+    ``unused_weights`` it is kept as an :class:`UnusedWeight` (C tau no-op
+    weights). Trainable parameters (tau = 1, k x k conv): \\(k^2 C^2\\) binary +
+    \\(C\\) (move) + \\(4C\\) (BN_1, BN_2) + \\(2C\\) (PReLUs) + \\(C\\) (lambda) +
+    \\(C^2/4 + 9C/8\\) (SE).
+    """
+    if cfg.groups != 1:
+        raise ValueError(f"{name}: BNext units have no binary group conv; groups must be 1, got {cfg.groups}")
+    tau = cfg.tau
+    stream = x.shape[-1]
+    channels = stream // tau
+    cfg.check_channels(channels, name)
+    pool = (lambda t, tag: layers.AveragePooling2D(2, name=f"{name}_{tag}_pool")(t)) if strides == 2 else (lambda t, tag: t)
+    if kind == "attention":
+        residual = pool(layers.PReLU(alpha_initializer=tf.keras.initializers.Constant(0.25), shared_axes=[1, 2],
+                                     name=f"{name}_prelu1")(x), "prelu1")
+    elif kind == "ffn":
+        if unused_weights:
+            x = UnusedWeight(0.25, name=f"{name}_prelu1")(x)
+        residual = None
+    else:
+        raise ValueError(f"{name}: kind must be 'ffn' or 'attention', got {kind!r}")
+    shortcut = pool(x, "input")
+    b = LearnableBias(name=f"{name}_move")(x)
+    y = TemperatureBinaryConv2D(
+        channels // tau, kernel_size, strides=strides, temperature=temperature,
+        pad_value=cfg.pad_value, symmetric=cfg.symmetric, binary_weights=cfg.binary_weights,
+        name=f"{name}_conv",
+    )(b)
+    y = _tile(y, tau * tau, f"{name}_conv_tile")
+    y = cfg.bn(f"{name}_bn1")(y)
+    y = layers.PReLU(alpha_initializer=tf.keras.initializers.Constant(0.25), shared_axes=[1, 2],
+                     name=f"{name}_prelu2")(y)
+    m = InformationRecoupling(name=f"{name}_recouple")([shortcut, y])
+    y = layers.Multiply(name=f"{name}_se_mul")([bnext_se(m, cfg, name), y])
+    if kind == "attention":
+        y = cfg.bn(f"{name}_bn2")(layers.Multiply(name=f"{name}_elm_mul")([y, residual]))
+        return layers.Add(name=f"{name}_add")([y, residual])
+    return layers.Add(name=f"{name}_add")([cfg.bn(f"{name}_bn2")(y), shortcut])
+
+
+def bnext_block(x, out_channels, strides, attention, cfg, name, temperature=0.0, unused_weights=True):
+    """BNext block C_in -> C_out (C_out = C_in or 2 C_in), spec A3.
+
+    A 3x3 unit (ELM attention if ``attention`` else FFN_3x3) at ``strides``, then
+    one 1x1 FFN unit, or for C_out = 2 C_in two parallel 1x1 FFN units
+    concatenated as [FFN_1, FFN_2] (in the ES stream: [tau C_in, tau C_in]).
+    """
+    in_channels = x.shape[-1] // cfg.tau
+    if out_channels not in (in_channels, 2 * in_channels):
+        raise ValueError(f"{name}: out_channels must be C_in or 2 C_in, got {in_channels} -> {out_channels}")
+    kw = dict(temperature=temperature, unused_weights=unused_weights)
+    x = bnext_unit(x, "attention" if attention else "ffn", 3, strides, cfg, f"{name}_u3", **kw)
+    if out_channels == in_channels:
+        return bnext_unit(x, "ffn", 1, 1, cfg, f"{name}_ffn", **kw)
+    halves = [bnext_unit(x, "ffn", 1, 1, cfg, f"{name}_ffn{j}", **kw) for j in (1, 2)]
+    return layers.Concatenate(name=f"{name}_concat")(halves)
+
+
+def bnext_stages(x, channels, cfg, name="b", temperature=0.0, unused_weights=True):
+    """BNext blocks over a width list (block i maps channels[i-1] -> channels[i]).
+
+    Stride 2 where the width changes, except block 1; block 1 and odd blocks use
+    FFN_3x3, even blocks ELM attention (the release's "bias" / "scale" modes).
+    """
+    for i in range(1, len(channels)):
+        strides = 2 if (channels[i] != channels[i - 1] and i > 1) else 1
+        attention = i > 1 and i % 2 == 0
+        x = bnext_block(x, channels[i], strides, attention, cfg, f"{name}{i}", temperature, unused_weights)
+    return x

@@ -12,10 +12,13 @@ import tensorflow as tf
 
 from larq_esbnn.quantizers import (
     ACTIVATION_QUANTIZER,
+    HARDSIGN_CLIP,
     CentredBinaryWeight,
     ScaledBinaryWeight,
+    TemperatureBinaryWeight,
     approx_sign_train,
     binarize_probabilities,
+    hardsign,
 )
 
 _register = tf.keras.utils.register_keras_serializable(package="larq_esbnn")
@@ -204,11 +207,14 @@ class BinaryConv2D(lq.layers.QuantConv2D):
                 pad_values=float(pad_value),
                 use_bias=False,
                 input_quantizer=input_quantizer,
-                kernel_quantizer=ScaledBinaryWeight() if self.binary_weights else None,
+                kernel_quantizer=self._make_kernel_quantizer() if self.binary_weights else None,
                 kernel_initializer=kernel_initializer,
                 **kwargs,
             )
         self._flip_axes = []
+
+    def _make_kernel_quantizer(self):
+        return ScaledBinaryWeight()
 
     def build(self, input_shape):
         self._flip_axes = []
@@ -638,3 +644,124 @@ class TokenAttention(tf.keras.layers.Layer):
             **super().get_config(), "heads": self.heads, "binary_probs": self.binary_probs,
             "prob_init": self.prob_init,
         }
+
+
+# ----------------------------------------------------------------------------- BNext
+
+
+@_register
+class ClipRange(tf.keras.constraints.Constraint):
+    """Constraint clipping a weight to ``[min_value, max_value]`` after every update."""
+
+    def __init__(self, min_value=0.0, max_value=1.0):
+        if not min_value <= max_value:
+            raise ValueError(f"ClipRange needs min_value <= max_value, got {min_value!r} > {max_value!r}")
+        self.min_value = float(min_value)
+        self.max_value = float(max_value)
+
+    def __call__(self, w):
+        return tf.clip_by_value(w, self.min_value, self.max_value)
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value}
+
+
+@_register
+class TemperatureBinaryConv2D(BinaryConv2D):
+    r"""BNext's binary conv: HardSign input, temperature-annealed kernel without scale.
+
+    \\[
+    y = \mathrm{sign}(x) \circledast q_T(W), \quad
+    q_T(W) = \mathrm{sign}(W) \text{ if } T < 10^{-7}
+    \text{ else } \mathrm{clip}(W/T, -1, 1)
+    \\]
+
+    ``temperature`` is the initial value of the layer's non-trainable scalar
+    weight ``temperature`` (T). The default 0 gives a binary kernel (a trained
+    BNext: 0.9^512 of the released 512-epoch schedule); training sets T with
+    :class:`larq_esbnn.train.trainer.WeightTemperatureSchedule` (1.0 x 0.9 per
+    epoch). The latent kernel starts at N(0, 0.001^2) as in the release and is
+    clipped to +-``clip_value`` (1.5) after every update (the release clamps it
+    in place before every training forward pass). The input quantizer is
+    HardSign (``SteSign(clip_value=1.5)``). Padding and the symmetric stride-2
+    flip are :class:`BinaryConv2D`'s.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, temperature=0.0, clip_value=HARDSIGN_CLIP, **kwargs):
+        self.initial_temperature = float(temperature)
+        self.clip_value = float(clip_value)
+        kwargs.setdefault("input_quantizer", hardsign())
+        kwargs.setdefault("kernel_initializer", tf.keras.initializers.RandomNormal(stddev=0.001))
+        kwargs.setdefault("kernel_constraint", lq.constraints.WeightClip(self.clip_value))
+        super().__init__(filters, kernel_size, strides=strides, **kwargs)
+
+    def _make_kernel_quantizer(self):
+        return TemperatureBinaryWeight(self._read_temperature)
+
+    def _read_temperature(self):
+        return self.temperature
+
+    def build(self, input_shape):
+        self.temperature = self.add_weight(
+            name="temperature", shape=(), trainable=False,
+            initializer=tf.keras.initializers.Constant(self.initial_temperature),
+        )
+        super().build(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.initial_temperature, "clip_value": self.clip_value}
+
+
+@_register
+class InformationRecoupling(tf.keras.layers.Layer):
+    r"""BNext's mix of the unit input and the binary branch: \\(m = \lambda x + (1 - \lambda) y\\).
+
+    Inputs ``[x, y]`` (same shape); \\(\lambda\\) is one trainable weight per
+    channel (``scale``), initialised to 0.5 and clipped to [0, 1] after every
+    update (the release clamps it in place before the forward pass).
+    """
+
+    def build(self, input_shape):
+        c = input_shape[0][-1]
+        self.scale = self.add_weight(
+            name="scale", shape=(c,), initializer=tf.keras.initializers.Constant(0.5),
+            constraint=ClipRange(0.0, 1.0),
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x, y = inputs
+        return self.scale * x + (1 - self.scale) * y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+@_register
+class UnusedWeight(tf.keras.layers.Layer):
+    """Identity layer that holds one weight the computation never reads.
+
+    The released BNext creates PReLUs it never calls (``activation1`` of every
+    FFN unit, the stem's ``prelu``); PyTorch's ``parameters()`` and the
+    published parameter counts include them. Keeping them here as trainable
+    no-op weights (``alpha``, one per channel) makes the Keras count equal the
+    released one and lets checkpoints round-trip; they get no gradient, so the
+    optimizer never changes them (as in PyTorch). ``init`` is the release's
+    initial value.
+    """
+
+    def __init__(self, init=0.25, **kwargs):
+        super().__init__(**kwargs)
+        self.init = float(init)
+
+    def build(self, input_shape):
+        self.alpha = self.add_weight(
+            name="alpha", shape=(input_shape[-1],), initializer=tf.keras.initializers.Constant(self.init)
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return tf.identity(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "init": self.init}

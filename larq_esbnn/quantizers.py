@@ -148,3 +148,78 @@ def binarize_probabilities(p, alpha):
         return dy * middle, tf.reshape(d_alpha, tf.shape(alpha))
 
     return out, grad
+
+
+# ----------------------------------------------------------------------------- BNext
+#
+# BNext (and ES-BNext) binarise weights without a scale factor and anneal a
+# temperature T: the effective kernel is clip(W / T, -1, 1) while T >= 1e-7 and
+# sign(W) afterwards (the released HardBinaryConv). Activations use HardSign,
+# which is larq's SteSign with clip_value 1.5 (see ``HARDSIGN``).
+
+TEMPERATURE_BINARY_THRESHOLD = 1e-7
+HARDSIGN_CLIP = 1.5
+
+
+def hardsign():
+    r"""BNext's HardSign: sign forward, identity gradient on \(|x| \le 1.5\).
+
+    The released module also keeps an activation temperature T, but its forward
+    is \(\mathrm{sign}(\mathrm{clip}(x/T, -1, 1)) = \mathrm{sign}(x)\) for every
+    T > 0, so it is not needed here. ``sign(0)`` is +1 (PyTorch: 0).
+    """
+    return lq.quantizers.SteSign(clip_value=HARDSIGN_CLIP)
+
+
+@tf.custom_gradient
+def temperature_binary_weight(w, temperature):
+    r"""BNext weight binariser with temperature T (a scalar).
+
+    \\[
+    q(W) = \begin{cases}
+      \mathrm{sign}(W) & T < 10^{-7} \\
+      \mathrm{clip}(W / \max(T, 10^{-8}), -1, 1) & \text{otherwise}
+    \end{cases},
+    \qquad \frac{\partial q}{\partial W} = 1
+    \\]
+
+    No scale factor (the BN that follows absorbs it) and no gradient mask: the
+    gradient goes straight through to the latent weight, as in the release.
+    ``sign(0)`` is +1, so an annealed kernel is exactly +-1 (what LCE needs;
+    the release gives 0 for an exactly-zero latent weight). T gets no gradient.
+    """
+    t = tf.cast(temperature, w.dtype)
+    soft = tf.clip_by_value(w / tf.maximum(t, tf.constant(1e-8, w.dtype)), -1.0, 1.0)
+    out = tf.where(t < TEMPERATURE_BINARY_THRESHOLD, lq.math.sign(w), soft)
+
+    def grad(dy):
+        return dy, tf.zeros_like(temperature)
+
+    return out, grad
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_esbnn")
+class TemperatureBinaryWeight(lq.quantizers.Quantizer):
+    r"""Kernel quantizer of BNext: :func:`temperature_binary_weight` with a temperature T.
+
+    ``temperature`` is a float, or (inside :class:`larq_esbnn.layers.TemperatureBinaryConv2D`)
+    a callable returning the layer's non-trainable temperature variable, which the
+    training callback ``WeightTemperatureSchedule`` lowers by x0.9 per epoch.
+    ``precision = 1``: the kernel is binary once T < 1e-7 (the state of every
+    trained BNext checkpoint); counts and exports treat it as binary, and
+    ``check_export`` reports a conv whose T is still high as a float fallback.
+    """
+
+    precision = 1
+
+    def __init__(self, temperature=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = temperature
+
+    def call(self, inputs):
+        t = self.temperature() if callable(self.temperature) else self.temperature
+        return temperature_binary_weight(inputs, tf.convert_to_tensor(t, inputs.dtype))
+
+    def get_config(self):
+        t = self.temperature() if callable(self.temperature) else self.temperature
+        return {**super().get_config(), "temperature": float(tf.keras.backend.get_value(t))}

@@ -348,6 +348,22 @@ register_counter(
     lq.quantizers.Quantizer,
 )(_free())
 
+# BNext: the release's unused PReLUs are identity layers (free); information
+# recoupling lambda x + (1 - lambda) y costs 2 ops per output element and the SE
+# / ELM products (Multiply) n - 1 per element in the paper-extended convention.
+register_counter(zl.UnusedWeight)(_free("unused release weight (identity)"))
+
+
+@register_counter(zl.InformationRecoupling)
+def _count_recoupling(layer, node, ctx):
+    return _Count(elementwise=2 * _elements(node.output_shapes[0]))
+
+
+@register_counter(tf.keras.layers.Multiply)
+def _count_multiply(layer, node, ctx):
+    return _Count(elementwise=(len(node.inputs) - 1) * _elements(node.output_shapes[0]))
+
+
 # layers whose outputs hold +-1 values when all their inputs do
 _BINARY_PRESERVING = (
     zl.LongShortShift, zl.ChannelSplit, zl.ChannelTile,

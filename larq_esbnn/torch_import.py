@@ -32,6 +32,22 @@ unshifted tensor, ``binary_conv1`` on the short-range (1) shift and
 point blocks per repeat). If a converted BCDNet-A loses accuracy, swapping
 short / long is the first thing to try.
 
+BNext (``bnext_t``: upstream ``src/bnext.py``; ``es_bnext_t``: the ES-BNN
+release ``src/bnext_rep_ops.py``, rep_beta 2): ``feature.{i}.Attention`` (the
+3x3 unit, also when it is an FFN_3x3), ``.FFN`` / ``.FFN_1`` / ``.FFN_2`` map to
+``b{i}_u3_*``, ``b{i}_ffn*_*``; ``move`` -> ``_move``, ``binary_conv`` ->
+``_conv`` (kernel and ``temperature``), ``norm1/2`` -> ``_bn1/2``,
+``activation1/2`` -> ``_prelu1/2``, ``scale`` -> ``_recouple`` (lambda; clamped
+to [0, 1] for the FFN_1x1 units, whose released forward clamps it in eval
+too), ``se.se.1`` / ``se.se.3`` (ES: ``se.se.4``) -> ``_se1`` / ``_se2``; the
+stem's and FFNs' unused PReLUs -> :class:`larq_esbnn.layers.UnusedWeight`;
+``prelu`` -> ``head_prelu``. HardSign's ``binary_activation.temperature`` does
+not change any output and is read but not stored. A binary conv whose weight
+temperature is still >= 1e-7 has real weights clip(W / T, -1, 1) in the
+release: it is converted as such (same outputs) with a warning, or refused
+with ``require_binary=True`` / ``--require-binary``. A checkpoint with
+``num_classes != 1000`` gets ``stem_strides=1``, the release's rule.
+
 The released models compute sign(0) = 0 where larq gives +1, and pad stride-2
 binary convs symmetrically (our BinaryConv2D does too); outputs agree with a
 reference PyTorch forward to ~1e-6 relative (tests/test_torch_import.py). Latent
@@ -47,12 +63,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from larq_esbnn.quantizers import TEMPERATURE_BINARY_THRESHOLD
+
 SUPPORTED = {
     "reactnet_a": "ReActNet release (MobileNet, step 2)",
     "es_reactnet_a": "Rep-ReActNet release (ES, tau=2, step 2)",
     "reactnet_18": "ReActNet release (ResNet-18, step 2)",
     "bcdnet_a": "BCDNet release (step 2)",
+    "bnext_t": "BNext release (src/bnext.py, size tiny)",
+    "es_bnext_t": "ES-BNN release (src/bnext_rep_ops.py, rep_beta=2)",
 }
+BNEXT_MODELS = ("bnext_t", "es_bnext_t")
 
 _BLOCK = re.compile(r"^b(\d+)_(.+)$")
 _RESNET = re.compile(r"^l(\d+)_(.+)$")
@@ -88,6 +109,22 @@ _MLP_BLOCK = {
     "long": ("conv", "binary_conv2"),
     "bn": ("bn", "bn1"),
     "rprelu": ("rprelu", ("move1", "prelu", "move2")),
+}
+
+
+# BNext: Keras unit tag -> torch module; per-unit Keras layer suffix -> (kind, torch name)
+_BNEXT_LAYER = re.compile(r"^b(\d+)_(u3|ffn|ffn1|ffn2)_(.+)$")
+_BNEXT_UNITS = {"u3": "Attention", "ffn": "FFN", "ffn1": "FFN_1", "ffn2": "FFN_2"}
+_BNEXT_UNIT = {
+    "move": ("bias", "move"),
+    "conv": ("temperature_conv", "binary_conv"),
+    "bn1": ("bn", "norm1"),
+    "bn2": ("bn", "norm2"),
+    "prelu1": ("prelu", "activation1"),
+    "prelu2": ("prelu", "activation2"),
+    "recouple": ("scale", "scale"),
+    "se1": ("conv_bias", "se.se.1"),
+    "se2": ("conv_bias", ("se.se.3", "se.se.4")),  # tau = 1 / ES (a tile module sits at index 3)
 }
 
 
@@ -146,6 +183,8 @@ def _rule(model_name, layer_name, mlp_per_repeat):
     """Keras layer name -> (kind, torch prefix or tuple of prefixes), or None."""
     if layer_name in ("head_fc", "head_fc_dist"):
         return "dense", "fc" if layer_name == "head_fc" else "fc_dist"
+    if model_name in BNEXT_MODELS:
+        return _bnext_rule(layer_name)
     if model_name == "reactnet_18":
         if layer_name == "stem_conv":
             return "conv", "conv1"
@@ -173,6 +212,27 @@ def _rule(model_name, layer_name, mlp_per_repeat):
     return None
 
 
+def _bnext_rule(layer_name):
+    fixed = {
+        "stem_conv": ("conv", "feature.0.conv1"),
+        "stem_bn": ("bn", "feature.0.bn1"),
+        "stem_prelu": ("prelu", "feature.0.prelu"),
+        "head_prelu": ("prelu", "prelu"),
+    }
+    if layer_name in fixed:
+        return fixed[layer_name]
+    m = _BNEXT_LAYER.match(layer_name)
+    if not m or m.group(3) not in _BNEXT_UNIT:
+        return None
+    kind, rel = _BNEXT_UNIT[m.group(3)]
+    if kind == "scale" and m.group(2) != "u3":
+        kind = "scale_clamped"  # FFN_1x1 clamps lambda to [0, 1] in eval too; the 3x3 units do not
+    prefix = f"feature.{int(m.group(1))}.{_BNEXT_UNITS[m.group(2)]}."
+    if isinstance(rel, tuple):
+        return kind, tuple(prefix + r for r in rel)
+    return kind, prefix + rel
+
+
 def _join(prefix, rel):
     return tuple(prefix + r for r in rel) if isinstance(rel, tuple) else prefix + rel
 
@@ -184,6 +244,8 @@ class _Source:
         self.state = state
         self.used = set()
         self.zero_binary = {}  # torch prefix -> {"layer", "count", "first"} for exact zeros in a binary kernel
+        self.soft_temperature = {}  # BNext conv -> its weight temperature when >= 1e-7 (real weights)
+        self.temperatures = 0  # BNext binary convs seen
 
     def take(self, name, shape, layer):
         if name not in self.state:
@@ -247,6 +309,42 @@ def _convert_layer(src, layer, kind, prefix):
             src.take(prelu + ".weight", (c,), name),
             src.take(move_out + ".bias", (1, c, 1, 1), name).reshape(c),
         ]
+    if kind == "temperature_conv":
+        (kh, kw, cin, cout), () = shapes
+        w = src.take(prefix + ".weight", (cout, cin, kh, kw), name)
+        t = float(src.take(prefix + ".temperature", (1,), name)[0])
+        # HardSign's own temperature never changes its output (sign(x / T) = sign(x))
+        act = prefix.rsplit(".", 1)[0] + ".binary_activation.temperature"
+        if act in src.state:
+            src.take(act, (1,), name)
+        src.temperatures += 1
+        if t >= TEMPERATURE_BINARY_THRESHOLD:
+            src.soft_temperature[prefix] = t
+        elif np.count_nonzero(w == 0):
+            first = [tuple(int(i) for i in ix) for ix in np.argwhere(w == 0)[:5]]
+            src.zero_binary[prefix] = {"layer": name, "count": int(np.count_nonzero(w == 0)), "first": first}
+        return [np.transpose(w, (2, 3, 1, 0)), np.asarray(t, np.float32)]
+    if kind == "conv_bias":
+        (kh, kw, cin, cout), (nb,) = shapes
+        names = prefix if isinstance(prefix, tuple) else (prefix,)
+        found = [p for p in names if p + ".weight" in src.state]
+        if not found:
+            raise CheckpointError(
+                f"checkpoint has no tensor {' or '.join(repr(n + '.weight') for n in names)} for Keras "
+                f"layer {name!r}, "
+                f"expected shape {(cout, cin, kh, kw)}"
+            )
+        p = found[0]
+        return [np.transpose(src.take(p + ".weight", (cout, cin, kh, kw), name), (2, 3, 1, 0)),
+                src.take(p + ".bias", (cout,), name)]
+    if kind == "prelu":
+        shape = shapes[0]
+        c = int(np.prod(shape))
+        return [src.take(prefix + ".weight", (c,), name).reshape(shape)]
+    if kind in ("scale", "scale_clamped"):
+        (c,) = shapes[0]
+        value = src.take(prefix, (1, c, 1, 1), name).reshape(c)
+        return [np.clip(value, 0, 1) if kind == "scale_clamped" else value]
     if kind == "dense":
         (cin, cout), (nb,) = shapes
         return [src.take(prefix + ".weight", (cout, cin), name).T,
@@ -296,11 +394,18 @@ class ImportReport:
                 "zero_total": self.zero_total}
 
 
-def import_state_dict(model, model_name, state, mlp_per_repeat=4):
+def import_state_dict(model, model_name, state, mlp_per_repeat=4, require_binary=False):
     """Copy a flat numpy state dict into ``model``; return an :class:`ImportReport`.
 
     Latent binary weights that are exactly 0 are also reported with a
     :class:`TernaryWeightsWarning` (how many, in which tensors and layers).
+
+    BNext checkpoints: each binary conv's ``temperature`` buffer is copied into
+    the layer's temperature weight, so the Keras model computes what the
+    checkpoint computes. Where T >= 1e-7 the release's weights are real-valued
+    (clip(W / T, -1, 1)); such a checkpoint is converted as it is, with a
+    warning on stderr (its convs are not binary: LCE keeps them float and
+    ``check_export`` reports them), or refused with ``require_binary=True``.
     """
     if model_name not in SUPPORTED:
         raise ValueError(f"unsupported model {model_name!r} for torch import; supported: {', '.join(SUPPORTED)}")
@@ -318,6 +423,8 @@ def import_state_dict(model, model_name, state, mlp_per_repeat=4):
             )
         new = _convert_layer(src, layer, *rule)
         values.append((layer, new))
+    if src.soft_temperature:
+        _temperature_message(src, require_binary)
     import tensorflow as tf
 
     tf.keras.backend.batch_set_value(
@@ -330,14 +437,33 @@ def import_state_dict(model, model_name, state, mlp_per_repeat=4):
     return report
 
 
-def assign_state_dict(model, model_name, state, mlp_per_repeat=4):
+def assign_state_dict(model, model_name, state, mlp_per_repeat=4, require_binary=False):
     """Copy a flat numpy state dict into ``model``; return the unused tensor names
     (:func:`import_state_dict` returns the full report)."""
-    return import_state_dict(model, model_name, state, mlp_per_repeat).unused
+    return import_state_dict(model, model_name, state, mlp_per_repeat, require_binary).unused
+
+
+def _temperature_message(src, require_binary):
+    ts = sorted(src.soft_temperature.values())
+    n = len(ts)
+    text = (
+        f"{n} of {src.temperatures} binary convs have a weight temperature T >= 1e-7 "
+        f"(T from {ts[0]:.3g} to {ts[-1]:.3g}, e.g. {next(iter(src.soft_temperature))}): their "
+        "weights are the real values clip(W / T, -1, 1), not +-1. This happens when the "
+        "temperature was not annealed (the released ES-BNext script never lowers it; "
+        "0.9^153 < 1e-7 is reached after 153 epochs of the BNext schedule)."
+    )
+    if require_binary:
+        raise CheckpointError(text + " Refused (require_binary=True).")
+    print(f"larq-esbnn import-torch: warning: {text} Converted as such: the Keras model computes the "
+          "same real-valued convs, which LCE exports as float convs (check_export lists them) and the "
+          "BOP counts treat as binary. Continue training with the temperature schedule (or set the "
+          "layers' temperature to 0, which changes the outputs) to get a binary network.",
+          file=sys.stderr)
 
 
 def convert_checkpoint(model_name, checkpoint_path_or_state_dict, return_unused=False,
-                       verbose=True, return_report=False, **model_kwargs):
+                       verbose=True, return_report=False, require_binary=False, **model_kwargs):
     """Build ``model_name`` (with ``model_kwargs``) and fill it from a PyTorch checkpoint.
 
     ``num_classes`` defaults to the checkpoint's ``fc`` rows. Unused tensors are
@@ -353,9 +479,12 @@ def convert_checkpoint(model_name, checkpoint_path_or_state_dict, return_unused=
     if "num_classes" not in model_kwargs and model_kwargs.get("include_top", True):
         if "fc.weight" in state and state["fc.weight"].ndim == 2:
             model_kwargs["num_classes"] = int(state["fc.weight"].shape[0])
+    if model_name in BNEXT_MODELS and model_kwargs.get("num_classes", 1000) != 1000:
+        # the release's stem has stride 1 whenever num_classes != 1000
+        model_kwargs.setdefault("stem_strides", 1)
     model = models.get(model_name, **model_kwargs)
     per_repeat = model_kwargs.get("shift_blocks", 3) + model_kwargs.get("point_blocks", 1)
-    report = import_state_dict(model, model_name, state, per_repeat)
+    report = import_state_dict(model, model_name, state, per_repeat, require_binary)
     unused = report.unused
     if unused and verbose:
         print(f"larq-esbnn import-torch: {len(unused)} checkpoint tensors were not used: "
@@ -376,6 +505,9 @@ def add_commands(subparsers):
                    help="one of: " + ", ".join(sorted(SUPPORTED)))
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="path of the .pth / .pth.tar file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="output weights file (.h5)")
+    p.add_argument("--require-binary", action="store_true",
+                   help="BNext: refuse a checkpoint whose weight temperature is still >= 1e-7 "
+                        "(real-valued weights) instead of converting it with a warning")
     p.set_defaults(func=_cli_import)
 
 
@@ -385,7 +517,8 @@ def _cli_import(args):
     if not args.output.endswith(".h5"):
         raise ValueError(f"output must end in .h5 (Keras HDF5 weights), got {args.output!r}")
     try:
-        model, unused = convert_checkpoint(args.model, args.checkpoint, return_unused=True)
+        model, unused = convert_checkpoint(args.model, args.checkpoint, return_unused=True,
+                                           require_binary=args.require_binary)
     except ImportError as err:  # torch is an optional extra
         print(f"larq-esbnn import-torch: error: {err}", file=sys.stderr)
         return 2

@@ -191,6 +191,7 @@ def test_small_maps_are_flagged():
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow) if models.entry(n).input_size == 224 else n
     for n in models.names()
+    if n not in ("bnext_s", "bnext_m", "bnext_l")  # 69-327 M weights; BNext-T / ES-T: tests/test_bnext.py
 ])
 def test_every_model_exports_with_the_expected_bconv_count(name):
     model = export.optimize_for_inference(_zoo(name))

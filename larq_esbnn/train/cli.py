@@ -40,6 +40,9 @@ def _train(args):
     for key in ("teacher", "seed"):
         if getattr(args, key) is not None:
             setattr(recipe, key, getattr(args, key))
+    if args.teachers:
+        recipe.teachers = [t for t in args.teachers.split(",") if t]
+        recipe.teacher = ""
     recipe.model_args.update(_model_args(args.arg))
     if args.epochs:
         recipe = recipe.with_epochs(args.epochs)
@@ -94,6 +97,9 @@ def add_commands(sub):
     p.add_argument("--epochs", type=int, default=0, help="total epochs, spread over the recipe's steps")
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--teacher", default=None, help="frozen real-valued teacher (Keras model file)")
+    p.add_argument("--teachers", default=None, metavar="ASSISTANT,MAIN",
+                   help="the released BNext two-teacher distillation (no label loss); each a teacher spec "
+                        "as for --teacher, or keras:EfficientNetB0 (tf.keras.applications, ImageNet)")
     p.add_argument("--output", required=True, help="run folder (checkpoints, logs, weights.h5)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "default"])

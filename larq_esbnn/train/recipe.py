@@ -55,6 +55,13 @@ class Recipe:
     test_limit: int = 0  # final evaluation on a fixed subset of N test images (0: all)
     val_limit: int = 0  # per-epoch test metrics on N images (0: same as test_limit)
     fused_training: bool = True  # False: plain Keras ops in the training step (debugging)
+    # BNext weight temperature (models with TemperatureBinaryConv2D only): T = start * decay^epoch
+    # at the start of every epoch (global epoch index over all steps); 0 disables the schedule
+    weight_temperature_start: float = 1.0
+    weight_temperature_decay: float = 0.9
+    # the released BNext two-teacher distillation: [assistant, main] teacher specs (see
+    # trainer.load_teacher); replaces `teacher` and the label loss when given
+    teachers: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw):
@@ -83,6 +90,16 @@ class Recipe:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if self.weight_temperature_start < 0 or not 0 < self.weight_temperature_decay <= 1:
+            raise ValueError(
+                "weight_temperature_start must be >= 0 and weight_temperature_decay in (0, 1], got "
+                f"{self.weight_temperature_start} and {self.weight_temperature_decay}"
+            )
+        if self.teachers and (self.teacher or len(self.teachers) < 2):
+            raise ValueError(
+                f"teachers needs at least two entries ([assistant, main]) and no `teacher`; got "
+                f"teachers={self.teachers!r}, teacher={self.teacher!r}"
+            )
 
     def with_epochs(self, total):
         """Spread ``total`` epochs over the steps: the two-step recipe gives step 1

@@ -156,6 +156,91 @@ class BNNTrainer(tf.keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
+class MultiTeacherTrainer(BNNTrainer):
+    r"""The released BNext distillation: several teachers, no label loss.
+
+    With student logits s and teacher logits \(t_k\) (k = 1..K; the release
+    uses K = 2: an assistant, e.g. EfficientNet-B0, then the main teacher,
+    EfficientNet-B2), per sample n:
+
+    \[
+    c_{n,k} = -\sum_j \mathrm{softmax}(t_k)_j \log \mathrm{softmax}(s)_j, \quad
+    \alpha_{n,\cdot} = \mathrm{softmax}_k(c_{n,\cdot}) \ \text{(no gradient)}, \quad
+    L = \frac{1}{N} \sum_n \frac{1}{K} \sum_k \bar c_k \, \alpha_{n,k}
+    \]
+
+    with \(\bar c_k\) the batch mean of \(c_{\cdot,k}\): the release's per-teacher
+    loss is reduced over the batch before it is multiplied by the per-sample
+    weights (``DistributionLoss(reduce=True)`` against ``CrossEntropyLoss(
+    reduce=False)`` in its ``train``), so L = (1/K) sum_k c_k * mean_n alpha_{n,k}.
+    The teacher the student disagrees with more gets more weight. Teachers run
+    in inference mode; any Keras model mapping the student's input to logits
+    over the same classes works.
+    """
+
+    def __init__(self, student, teachers, fast=True):
+        if len(teachers) < 2:
+            raise ValueError(f"MultiTeacherTrainer needs at least two teachers, got {len(teachers)}")
+        super().__init__(student, None, label_smoothing=0.0, distill_weight=0.0, fast=fast)
+        self.teachers = list(teachers)
+
+    def _loss_terms(self, x, y, training):
+        logits = self.student(x, training=training)
+        log_p = tf.nn.log_softmax(logits)
+        ces = [-tf.reduce_sum(tf.nn.softmax(t(x, training=False)) * log_p, axis=-1) for t in self.teachers]
+        ce = tf.stack(ces, axis=-1)  # (N, K)
+        alpha = tf.stop_gradient(tf.nn.softmax(ce, axis=-1))
+        batch_ce = tf.reduce_mean(ce, axis=0)  # (K,)
+        per_example = tf.reduce_mean(batch_ce * alpha, axis=-1)
+        return per_example, logits
+
+
+class WeightTemperatureSchedule(tf.keras.callbacks.Callback):
+    """BNext's weight temperature: T = ``start`` * ``decay`` ** epoch for every
+    :class:`larq_esbnn.layers.TemperatureBinaryConv2D`, set at the start of each
+    epoch (``epoch`` counted over all recipe steps, so a resumed run continues
+    the schedule). The release multiplies T by 0.9 after every epoch from 1.0,
+    so its kernels are clip(W / T, -1, 1) until T < 1e-7 (epoch 153) and
+    sign(W) afterwards. The value is logged as ``weight_temperature``.
+    """
+
+    def __init__(self, model, start=1.0, decay=0.9, epoch_offset=0):
+        super().__init__()
+        from larq_esbnn.layers import TemperatureBinaryConv2D
+
+        self.layers = [layer for layer in _all_layers(model) if isinstance(layer, TemperatureBinaryConv2D)]
+        if not self.layers:
+            raise ValueError(f"{model.name} has no TemperatureBinaryConv2D layers to anneal")
+        self.start, self.decay, self.epoch_offset = float(start), float(decay), int(epoch_offset)
+        self.value = None
+
+    def temperature(self, epoch):
+        return self.start * self.decay ** (self.epoch_offset + epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.value = self.temperature(epoch)
+        for layer in self.layers:
+            layer.temperature.assign(self.value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.value is not None:
+            logs["weight_temperature"] = self.value
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def has_weight_temperature(model):
+    from larq_esbnn.layers import TemperatureBinaryConv2D
+
+    return any(isinstance(layer, TemperatureBinaryConv2D) for layer in _all_layers(model))
+
+
 class _Monitor(tf.keras.callbacks.Callback):
     """Adds images/s to the epoch logs and stops on a non-finite loss."""
 
@@ -244,8 +329,11 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
     if steps_per_epoch < 1:
         raise ValueError(f"batch size {recipe.batch_size} is larger than the training set ({len(train)} images)")
     with strategy.scope():
-        trainer = BNNTrainer(student, teacher, recipe.label_smoothing, recipe.distill_weight,
-                             fast=recipe.fused_training)
+        if isinstance(teacher, (list, tuple)):
+            trainer = MultiTeacherTrainer(student, teacher, fast=recipe.fused_training)
+        else:
+            trainer = BNNTrainer(student, teacher, recipe.label_smoothing, recipe.distill_weight,
+                                 fast=recipe.fused_training)
         optimizer = make_optimizer(step, steps_per_epoch)
         trainer.compile(optimizer=optimizer)
     if state is not None:
@@ -261,6 +349,12 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
     val_limit = recipe.val_limit or recipe.test_limit or None
     test_ds = data_lib.dataset(test, size, recipe.batch_size, False, limit=val_limit)
     offset = sum(s.epochs for s in recipe.steps[: step_index - 1])
+    schedule = None
+    if recipe.weight_temperature_start > 0 and has_weight_temperature(student):
+        schedule = WeightTemperatureSchedule(
+            student, recipe.weight_temperature_start, recipe.weight_temperature_decay, offset
+        )
+        callbacks.insert(0, schedule)
     for epoch in range(resume_epoch, step.epochs):
         print(f"step {step_index}/{len(recipe.steps)}, epoch {epoch + 1}/{step.epochs}")
         train_ds = data_lib.dataset(
@@ -279,6 +373,10 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
                 f"stopped without saving this epoch{kept}. Lower the learning rate ({step.lr})."
             )
         store.save(student, optimizer, step_index, epoch)
+    if schedule is not None and schedule.value is not None and schedule.value >= 1e-7:
+        print(f"warning: the weight temperature ended at {schedule.value:.3g} >= 1e-7, so the binary "
+              "convs still use real weights clip(W / T, -1, 1); train longer or lower "
+              "weight_temperature_decay to end with sign(W)")
     return student
 
 
@@ -323,11 +421,35 @@ def plot_curves(out):
     return path
 
 
+def keras_application_teacher(name, input_shape, weights="imagenet"):
+    """``tf.keras.applications.<name>`` (e.g. EfficientNetB0 / B2) as a teacher for
+    the zoo's inputs: the data pipeline feeds ImageNet mean/std normalised images,
+    the applications expect RGB in [0, 255] (they rescale internally), so the
+    normalisation is undone first. Outputs logits (``classifier_activation=None``);
+    1000 ImageNet classes with ``weights="imagenet"`` (downloaded by Keras)."""
+    app = getattr(tf.keras.applications, name, None)
+    if app is None or not callable(app):
+        raise ValueError(f"tf.keras.applications has no model {name!r} (e.g. EfficientNetB0, EfficientNetB2)")
+    inp = tf.keras.Input(input_shape)
+    raw = tf.keras.layers.Rescaling(data_lib.STD, offset=data_lib.MEAN, name="undo_normalize")(inp)
+    # built at the application's own size (Keras requires it for ImageNet weights with the
+    # top) and called on the student's size, as the release runs timm's EfficientNet-B2 at
+    # 224: the convolutional trunk and the global pool do not depend on the size
+    net = app(weights=weights, classifier_activation=None)
+    return tf.keras.Model(inp, net(raw), name=f"teacher_{name}")
+
+
 def load_teacher(spec, input_shape=None, num_classes=None):
     """A frozen teacher from ``spec``: a Keras model file, ``MODEL.TAG`` (registered
-    weights, e.g. ``resnet20_fp.cifar10``) or ``MODEL:WEIGHTS.h5``."""
+    weights, e.g. ``resnet20_fp.cifar10``), ``MODEL:WEIGHTS.h5`` or
+    ``keras:NAME`` (``tf.keras.applications.NAME`` with ImageNet weights, see
+    :func:`keras_application_teacher`)."""
     if not spec:
         return None
+    if spec.startswith("keras:"):
+        model = keras_application_teacher(spec[len("keras:"):], input_shape or (224, 224, 3))
+        model.trainable = False
+        return model
     if os.path.exists(spec):
         model = tf.keras.models.load_model(spec, compile=False)
     else:
@@ -373,7 +495,10 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     test_split = data_lib.load(recipe.data, "test")
     size = recipe.image_size or models.entry(recipe.model).input_size
     model_args = {**recipe.model_args, "num_classes": train_split.num_classes, "input_shape": (size, size, 3)}
-    teacher = load_teacher(recipe.teacher, model_args["input_shape"], train_split.num_classes)
+    if recipe.teachers:
+        teacher = [load_teacher(t, model_args["input_shape"], train_split.num_classes) for t in recipe.teachers]
+    else:
+        teacher = load_teacher(recipe.teacher, model_args["input_shape"], train_split.num_classes)
     previous = None
     for index, step in enumerate(recipe.steps, start=1):
         weights_path = out / f"step{index}_weights.h5"

@@ -1,0 +1,158 @@
+"""BNext-T/S/M/L and ES-BNext-T, exact to the released code (spec bnext_binaryvit.md A-C).
+
+``es_bnext_t`` is ``bnext_t(tau=2)`` (the ES-BNN release ``bnext_rep_ops.py``,
+``rep_beta=2``). Blocks are :func:`larq_esbnn.blocks.bnext_stages`.
+
+Parameter counts (224, 1000 classes) equal PyTorch's ``parameters()`` of the
+released definitions, which include the PReLUs the release creates and never
+calls (``activation1`` of every FFN unit and the stem's ``prelu``): they are
+kept as trainable no-op :class:`larq_esbnn.layers.UnusedWeight` weights that
+never receive a gradient (``unused_weights=False`` drops them). Keras counts
+them as *trainable*, as PyTorch does, so ``trainable == released``:
+
+=========  ============  ===================  ===============
+model      trainable     unused PReLU weights  non-trainable
+=========  ============  ===================  ===============
+bnext_t    30,862,236    8,960                 see tests
+es_bnext_t 30,943,490    17,920
+bnext_s    68,594,614
+bnext_m    134,501,974
+bnext_l    326,546,640
+=========  ============  ===================  ===============
+
+The non-trainable weights are the BN moving statistics (PyTorch buffers) and
+one temperature scalar per binary conv (also a buffer in the release).
+"""
+
+import tensorflow as tf
+
+from larq_esbnn import blocks
+from larq_esbnn.layers import ChannelSplit, UnusedWeight
+from larq_esbnn.models.common import check_num_classes, finish, model_input
+from larq_esbnn.models.registry import register_variant
+
+layers = tf.keras.layers
+
+
+def _widths(stem, blocks_per_width):
+    """Channel list of the release: stem, then ``n`` blocks at each doubling width."""
+    out = [stem]
+    width = 2 * stem
+    for n in blocks_per_width:
+        out += [width] * n
+        width *= 2
+    return out
+
+
+BNEXT_CHANNELS = {
+    # size: stem width, then one entry per block (the release's stage_out_channel lists)
+    "tiny": _widths(32, [1, 2, 2, 6, 2]),
+    "small": _widths(48, [1, 2, 2, 6, 2]),
+    "middle": _widths(48, [1, 4, 4, 8, 4]),
+    "large": _widths(64, [1, 4, 4, 16, 4]),
+}
+
+
+def bnext(
+    *,
+    size="tiny",
+    input_shape=None,
+    input_tensor=None,
+    weights=None,
+    include_top=True,
+    num_classes=1000,
+    tau=1,
+    pad_value=0.0,
+    symmetric=True,
+    binary_weights=True,
+    bn_momentum=0.9,
+    temperature=0.0,
+    stem_strides=2,
+    unused_weights=True,
+    classifier_activation=None,
+    name="bnext",
+):
+    r"""BNext (Guo et al. 2022) of ``size`` tiny / small / middle / large; ES-BNext with ``tau > 1``.
+
+    Stem: real 3x3 conv stride ``stem_strides`` (PyTorch padding 1), 3 -> C_0, no
+    bias, then (ES: tiled tau times) BN, *no activation*. Blocks: see
+    :func:`larq_esbnn.blocks.bnext_stages` (13 for tiny / small, 21 for middle,
+    29 for large). Head: the first C_last channels (all of them unless tau > 1,
+    as in the ES release) -> PReLU -> global average pool -> dense.
+
+    Binary convs: HardSign input (``SteSign(clip_value=1.5)``) and kernel
+    \(\mathrm{sign}(W)\) once the per-conv temperature T < 1e-7, else
+    \(\mathrm{clip}(W/T, -1, 1)\); no scale factor. ``temperature`` is the
+    initial T of every binary conv: 0 (default) builds the binary network
+    (a trained BNext); training starts at 1.0 and anneals it
+    (:class:`larq_esbnn.train.trainer.WeightTemperatureSchedule`).
+
+    Arguments beyond the keras.applications ones: ``tau`` (ES factor; must
+    divide C/8 of every width: 1, 2 or 4 for tiny), ``pad_value`` / ``symmetric``
+    (binary conv padding, see BinaryConv2D), ``binary_weights`` (False: real
+    latent weights, binary activations), ``stem_strides`` (the release uses 1
+    when ``num_classes != 1000``; the torch importer follows that rule),
+    ``unused_weights`` (keep the release's unused PReLUs, see the module doc).
+
+    Trainable parameters of tiny at 224 / 1000 classes, derived: binary convs
+    \(\sum k^2 C^2\) = 28,253,184; per unit \(C\) move + \(4C\) BN + \(2C\)
+    PReLU + \(C\) lambda + SE \(C^2/4 + C/8 + C\); stem 864 + 64 + 32 (unused
+    PReLU); head 1024 + 1,025,000 -- total 30,862,236. ES (tau = 2) keeps the
+    binary and SE kernels (tau C x C/tau), doubles every per-channel vector and
+    shrinks the SE biases: 30,943,490.
+    """
+    if size not in BNEXT_CHANNELS:
+        raise ValueError(f"{name}: size must be one of {', '.join(BNEXT_CHANNELS)}, got {size!r}")
+    if stem_strides not in (1, 2):
+        raise ValueError(f"{name}: stem_strides must be 1 or 2, got {stem_strides!r}")
+    check_num_classes(name, num_classes)
+    channels = BNEXT_CHANNELS[size]
+    cfg = blocks.BlockConfig(
+        tau=tau, pad_value=pad_value, symmetric=symmetric, binary_weights=binary_weights,
+        bn_momentum=bn_momentum,
+    )
+    for c in set(channels[1:]):
+        if c % (8 * tau):
+            raise ValueError(
+                f"{name}: tau={tau} must divide C/8 of every width (SE and binary convs shrink by tau); "
+                f"width {c} gives C/8 = {c // 8}"
+            )
+    multiple = 16 * stem_strides
+    x, inputs = model_input(name, input_shape, input_tensor, 224, multiple, multiple)
+    x = layers.ZeroPadding2D(1, name="stem_pad")(x)
+    x = layers.Conv2D(channels[0], 3, strides=stem_strides, use_bias=False, name="stem_conv")(x)
+    x = blocks.stem_tile(x, cfg)
+    x = cfg.bn("stem_bn")(x)
+    if unused_weights:
+        # the release's firstconv3x3.prelu = nn.PReLU(C, C): initial value C, never called
+        x = UnusedWeight(float(x.shape[-1]), name="stem_prelu")(x)
+    x = blocks.bnext_stages(x, channels, cfg, temperature=temperature, unused_weights=unused_weights)
+    if include_top:
+        if tau > 1:
+            x = ChannelSplit(tau, name="head_first_copy")(x)[0]
+        x = layers.PReLU(alpha_initializer=tf.keras.initializers.Constant(0.25), shared_axes=[1, 2],
+                         name="head_prelu")(x)
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+        x = layers.Dense(num_classes, name="head_fc")(x)
+        if classifier_activation:
+            x = layers.Activation(classifier_activation, name="predictions")(x)
+    return finish(inputs, x, name, weights)
+
+
+bnext_t = register_variant(
+    "bnext_t", bnext,
+    "BNext-T: BNN with ELM attention and information recoupling (ImageNet 72.4 % reported)",
+    size="tiny",
+)
+bnext_s = register_variant("bnext_s", bnext, "BNext-S: BNext-T at 1.5x width (ImageNet 76.1 % reported)", size="small")
+bnext_m = register_variant(
+    "bnext_m", bnext, "BNext-M: 1.5x width, blocks 1/4/4/8/4 (ImageNet 78.3 % reported)", size="middle"
+)
+bnext_l = register_variant(
+    "bnext_l", bnext, "BNext-L: 2x width, blocks 1/4/4/16/4 (ImageNet 80.57 % reported)", size="large"
+)
+es_bnext_t = register_variant(
+    "es_bnext_t", bnext,
+    "ES-BNext-T: BNext-T with expanding-and-shrinking, tau=2 (ImageNet 75.2 % reported)",
+    size="tiny", tau=2,
+)
