@@ -463,15 +463,19 @@ def test_temperature_schedule_and_weight_clip():
     schedule = trainer.WeightTemperatureSchedule(head, start=1.0, decay=0.9, epoch_offset=2)
     assert len(schedule.layers) == 3
     bnn = trainer.BNNTrainer(head, label_smoothing=0.0)
-    bnn.compile(optimizer=tf.keras.optimizers.SGD(learning_rate=50.0))
+    bnn.compile(optimizer=tf.keras.optimizers.SGD(learning_rate=0.01))
     rng = np.random.default_rng(0)
+    for layer in schedule.layers:  # latent weights outside the clamp: the update's constraint must pull them in
+        layer.kernel.latent_variable.assign(rng.uniform(-3, 3, layer.kernel.shape).astype(np.float32))
     x = rng.normal(size=(8, 4, 4, 16)).astype(np.float32)
     y = tf.one_hot(rng.integers(0, 3, 8), 3)
     history = bnn.fit(x, y, epochs=3, batch_size=4, verbose=0, callbacks=[schedule])
     np.testing.assert_allclose(history.history["weight_temperature"], [0.81, 0.729, 0.6561], rtol=1e-6)
     for layer in schedule.layers:
         assert float(layer.temperature.numpy()) == pytest.approx(0.6561)
-        assert np.abs(layer.kernel.numpy()).max() <= 1.5  # the release's clamp, as a constraint
+        kernel = layer.kernel.latent_variable.numpy()
+        assert np.isfinite(kernel).all() and np.abs(kernel).max() <= 1.5  # the release's clamp, as a constraint
+        assert np.abs(kernel).max() == pytest.approx(1.5)  # values beyond it were clipped, not shrunk
     # the forward pass uses clip(W / T, -1, 1) at the current T
     conv = schedule.layers[0]
     with lq.context.quantized_scope(True):
