@@ -236,10 +236,17 @@ def _example_name(filename):
 # How far a registered accuracy may move on another machine. Binary networks turn
 # float rounding into flipped signs: a pre-sign value within ~1e-6 of zero can
 # binarise differently under other kernels (instruction set, thread count), which
-# can flip a prediction. The shipped resnet20 gave 4,627 / 10,000 where it was
-# trained and 4,629 on a second x86 machine (issue 17). Checks allow 0.05 points
-# (5 of 10,000 test images).
-TOP1_TOLERANCE = 0.0005
+# can flip a prediction. Seen: the shipped resnet20 gave 4,627 / 10,000 where it
+# was trained and 4,629 on a second x86 machine (issue 17); g_resnet20 gave 4,802
+# and 4,807 (5 images). Checks allow 0.1 points (10 of 10,000 test images), twice
+# the largest shift seen; compare counts with ``within_top1_tolerance``.
+TOP1_TOLERANCE = 0.001
+
+
+def within_top1_tolerance(top1, registered, n=10000):
+    """True if ``top1`` is within TOP1_TOLERANCE of ``registered``, compared as whole
+    images out of ``n`` (no float rounding at the boundary)."""
+    return abs(round(top1 * n) - round(registered * n)) <= round(TOP1_TOLERANCE * n)
 
 
 def registered_top1(model, tag):
@@ -302,8 +309,8 @@ _EXTERNAL = [
 # One line per weights file; see the module docstring.
 _ENTRIES = [
     _trained_here("resnet20_fp", "0cf4c39e2d644d1ede7b206ea85bef5fffc409aea8fdb11d6ffc2ec6a3c6e4fa", "84.57", "resnet20_fp_cifar10.toml"),
-    _trained_here("resnet20", "37847dcffab622ff24b46e23e0f7a31971cce02699cbc5d10e2f68817efe938c", "46.27", "resnet20_cifar10_subset.toml"),
-    _trained_here("es_resnet20", "25f1014ffbc4b912f00fc8f23e495c70150b42cee3c501ca6769da2dbb651c7c", "48.58", "resnet20_cifar10_subset.toml"),
+    _trained_here("resnet20", "8e96625c58159c5bf1dcd1f00459078e3b174ab7d4223e4452cc12796dfa4d22", "55.87"),
+    _trained_here("es_resnet20", "a98d105a36c8bef5cde9a357e204c593c58952f4264823eac6aceef138f24b0d", "56.53"),
     _trained_here("g_resnet20", "ec644cdcd301a66100b116be202ae367bb8355716e4c90a8ffa117ee5d322434", "48.02", "resnet20_cifar10_subset.toml"),
     _trained_here("es_g_resnet20", "fd17e5ea37a2795076861573418402ee3d63f84f045b875aefadfadb1c6bb7e6", "50.74", "resnet20_cifar10_subset.toml"),
 ]

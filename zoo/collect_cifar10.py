@@ -82,7 +82,7 @@ def paired_table(runs, results, data, limit=None, resamples=2000):
     import numpy as np
     from tqdm import tqdm
 
-    from larq_esbnn.weights import TOP1_TOLERANCE
+    from larq_esbnn.weights import TOP1_TOLERANCE, within_top1_tolerance
 
     correct = {}
     for run in tqdm(list(results), desc="predicting the test set", unit="run"):
@@ -90,7 +90,7 @@ def paired_table(runs, results, data, limit=None, resamples=2000):
         correct[run] = per_image_correct(model_of(run)[0], weights, data, limit)
         # metrics.json may come from another machine or thread count: allow the
         # registry's tolerance (a few sign flips near zero), not bit equality
-        if limit is None and abs(correct[run].mean() - results[run]["top1"]) > TOP1_TOLERANCE:
+        if limit is None and not within_top1_tolerance(correct[run].mean(), results[run]["top1"], len(correct[run])):
             raise RuntimeError(f"{run}: top-1 {correct[run].mean()} differs from metrics.json "
                                f"{results[run]['top1']} by more than {TOP1_TOLERANCE}")
     base = correct["resnet20"]
