@@ -49,7 +49,6 @@ def test_predict_on_real_cifar10_test_images(cifar10_dir, tmp_path):
 def test_cli_predict_on_the_shipped_image(capsys):
     assert cli.main(["predict", "resnet20", "--weights", "cifar10", str(ASSET)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    print("\n".join(lines))
     assert lines[0].startswith("resnet20, weights cifar10: CIFAR-10 preprocessing (32x32, resize")
     assert lines[1] == str(ASSET) and len(lines) == 7
     ranked = [line.split() for line in lines[2:]]
@@ -61,7 +60,11 @@ def test_cli_predict_on_the_shipped_image(capsys):
     tf.keras.backend.clear_session()
     assert cli.main(["predict", "resnet20", "--weights", "cifar10", "--json", "--top", "3", str(ASSET), str(ASSET)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert len(rows) == 2 and rows[0] == rows[1] and len(rows[0]["top"]) == 3
+    assert len(rows) == 2 and len(rows[0]["top"]) == 3
+    # the same image twice in one batch: same classes, probabilities equal to float error
+    # (the two batch positions can take different kernel paths)
+    for a, b in zip(rows[0]["top"], rows[1]["top"]):
+        assert a["index"] == b["index"] and a["probability"] == pytest.approx(b["probability"], rel=1e-5)
     top1 = rows[0]["top"][0]
     assert top1["name"] == ranked[0][1] and top1["probability"] == pytest.approx(probs[0], abs=1e-4)
     model = models.get("resnet20", weights="cifar10")
