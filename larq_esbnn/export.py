@@ -51,6 +51,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from larq_esbnn.models.common import walk_layers
+
 BCONV_OP = "LceBconv2d"
 REFERENCE_MODELS = ("quicknet", "mobilenet_v2", "resnet50")
 _REFERENCE_DESCRIPTIONS = {
@@ -166,14 +168,6 @@ def inspect_flatbuffer(fb):
     return dict(collections.Counter(name for name, _ in flatbuffer_ops(fb)))
 
 
-def _walk_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.Model):
-            yield from _walk_layers(layer)
-        else:
-            yield layer
-
-
 def _is_binary(quantizer):
     if quantizer is None:
         return False
@@ -191,7 +185,7 @@ def binary_conv_layers(model):
     import larq as lq
 
     convertible, floating = [], []
-    for layer in _walk_layers(model):
+    for layer in walk_layers(model):
         if not isinstance(layer, lq.layers.QuantConv2D):
             continue
         has_input = _is_binary(layer.input_quantizer)
@@ -281,7 +275,7 @@ def check_export(model, fb):
     """
     ops = flatbuffer_ops(fb)
     convertible, floating = binary_conv_layers(model)
-    layers = {layer.name: layer for layer in _walk_layers(model)}
+    layers = {layer.name: layer for layer in walk_layers(model)}
     bconvs = _bconv_signatures(fb)
     found_by_sig = collections.Counter(sig for sig, _ in bconvs)
     bconv_names = [n for _, names in bconvs for n in names]
@@ -329,7 +323,7 @@ def lce_hazards(model):
             "optimize_for_inference(model) instead"
         )
     small = []
-    for layer in _walk_layers(model):
+    for layer in walk_layers(model):
         if not isinstance(layer, lq.layers.QuantConv2D) or layer.padding != "same":
             continue
         if float(getattr(layer, "pad_values", 0.0)) != 0.0 or max(layer.kernel_size) == 1:

@@ -70,3 +70,12 @@ def transfer_weights(source, target):
             )
         layer.set_weights(values)
     return untouched
+
+
+def walk_layers(model):
+    """Every layer of ``model``, descending into nested models (depth first)."""
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.Model):
+            yield from walk_layers(layer)
+        else:
+            yield layer

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from larq_esbnn import models
 from larq_esbnn.layers import plain_training
+from larq_esbnn.models.common import walk_layers
 from larq_esbnn.train import data as data_lib
 from larq_esbnn.train.recipe import Recipe
 
@@ -208,7 +209,7 @@ class WeightTemperatureSchedule(tf.keras.callbacks.Callback):
         super().__init__()
         from larq_esbnn.layers import TemperatureBinaryConv2D
 
-        self.layers = [layer for layer in _all_layers(model) if isinstance(layer, TemperatureBinaryConv2D)]
+        self.layers = [layer for layer in walk_layers(model) if isinstance(layer, TemperatureBinaryConv2D)]
         if not self.layers:
             raise ValueError(f"{model.name} has no TemperatureBinaryConv2D layers to anneal")
         self.start, self.decay, self.epoch_offset = float(start), float(decay), int(epoch_offset)
@@ -227,18 +228,10 @@ class WeightTemperatureSchedule(tf.keras.callbacks.Callback):
             logs["weight_temperature"] = self.value
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
-
-
 def has_weight_temperature(model):
     from larq_esbnn.layers import TemperatureBinaryConv2D
 
-    return any(isinstance(layer, TemperatureBinaryConv2D) for layer in _all_layers(model))
+    return any(isinstance(layer, TemperatureBinaryConv2D) for layer in walk_layers(model))
 
 
 class _Monitor(tf.keras.callbacks.Callback):
