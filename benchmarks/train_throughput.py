@@ -132,12 +132,14 @@ def main():
     parser.add_argument("--large", nargs="*", default=[], help="224 px models, e.g. reactnet_a es_reactnet_a bcdnet_a")
     parser.add_argument("--large-batch", type=int, default=16)
     parser.add_argument("--large-steps", type=int, default=3)
+    parser.add_argument("--no-cifar", action="store_true",
+                        help="skip the 32 px zoo rows (keep the stock-larq reference), e.g. for a --large-only run")
     parser.add_argument("--data", help="image folder for the input-pipeline row")
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()
 
     rows = [Row(REFERENCE, "stock larq, model.fit", args.batch_size)]
-    for name in args.models:
+    for name in [] if args.no_cifar else args.models:
         rows += [Row(name, path, args.batch_size) for path in ("plain", "fused")]
     large = [Row(name, path, args.large_batch, warmup=2) for name in args.large for path in ("plain", "fused")]
     for r in range(args.rounds):

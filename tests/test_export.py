@@ -50,11 +50,12 @@ def _tiny(build, shape=(8, 8, 32)):
     return tf.keras.Model(inp, build(inp))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=3)
 def _zoo(name, size=None):
-    """Each zoo model built once per session (building the 46 M-parameter BCDNets
-    takes longer than converting them); size None = the model's smallest
-    allowed input (32 for both families)."""
+    """The last few zoo models built, kept for the next test that asks for them
+    (building the 46 M-parameter BCDNets takes longer than converting them); not
+    all of them: every model kept at once held several GB for the whole session.
+    size None = the model's smallest allowed input (32 for both families)."""
     size = size or (32 if models.entry(name).input_size == 224 else models.entry(name).input_size)
     return models.get(name, input_shape=(size, size, 3))
 
