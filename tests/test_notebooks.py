@@ -99,12 +99,12 @@ def test_notebook_executes(path, tmp_path, monkeypatch, cifar10_dir):
     start = time.perf_counter()
     try:
         client.execute()  # raises CellExecutionError naming the failing cell
+        seconds = time.perf_counter() - start
     finally:
         # nbclient shuts down only kernels it started itself; this one was passed in
         # (km=...), and a live TensorFlow kernel holds 0.3-0.8 GB until the session ends
         if client.km.has_kernel:
             client.km.shutdown_kernel(now=True)
-    seconds = time.perf_counter() - start
     print(f"{path.name}: executed in {seconds:.0f} s")
 
     code = [c for c in nb.cells if c.cell_type == "code"]
