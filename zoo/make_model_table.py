@@ -22,6 +22,11 @@ REPORTED = {
     "bcdnet_a": "71.8 (BCDNet)",
     "bcdnet_a_18": "66.9 (BCDNet)",
     "bcdnet_b_18": "67.9 (BCDNet)",
+    "bnext_t": "72.4 (BNext)",
+    "bnext_s": "76.1 (BNext)",
+    "bnext_m": "78.3 (BNext)",
+    "bnext_l": "80.57 (BNext)",
+    "es_bnext_t": "75.2 (ES-BNN)",
 }
 
 
