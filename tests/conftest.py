@@ -51,21 +51,3 @@ def cifar10_dir():
     if not (CIFAR10 / "test.tar.gz").exists():
         pytest.skip(f"CIFAR-10 archives not found at {CIFAR10}")
     return CIFAR10
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n 2 --dist loadgroup`` (the README's command), keep the tests
-    that share a module-scoped fixture (a model built at 224, a trained run folder)
-    on one worker, so that each such fixture is built once; every other test is
-    handed to whichever worker is free."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        shared = any(
-            defs and defs[-1].scope == "module" and name in item.fixturenames
-            for name, defs in info.name2fixturedefs.items()
-        )
-        if shared:  # one group per file: fixtures of a file often build on each other
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
