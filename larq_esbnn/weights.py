@@ -311,7 +311,7 @@ _ENTRIES = [
     _trained_here("resnet20_fp", "0cf4c39e2d644d1ede7b206ea85bef5fffc409aea8fdb11d6ffc2ec6a3c6e4fa", "84.57", "resnet20_fp_cifar10.toml"),
     _trained_here("resnet20", "8e96625c58159c5bf1dcd1f00459078e3b174ab7d4223e4452cc12796dfa4d22", "55.87"),
     _trained_here("es_resnet20", "a98d105a36c8bef5cde9a357e204c593c58952f4264823eac6aceef138f24b0d", "56.53"),
-    _trained_here("g_resnet20", "ec644cdcd301a66100b116be202ae367bb8355716e4c90a8ffa117ee5d322434", "48.02", "resnet20_cifar10_subset.toml"),
+    _trained_here("g_resnet20", "82210f06c1dd8bb2334a605a169a1a7c7e76223d017ab05382428e78bd63290e", "55.82"),
     _trained_here("es_g_resnet20", "fd17e5ea37a2795076861573418402ee3d63f84f045b875aefadfadb1c6bb7e6", "50.74", "resnet20_cifar10_subset.toml"),
 ]
 
