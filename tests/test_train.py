@@ -229,6 +229,29 @@ def test_existing_run_needs_resume(trained, folder):
         trainer.train(Recipe(model="resnet20", data=str(folder), steps=[Step(epochs=1, lr=1e-3)]), trained)
 
 
+def test_init_weights_start_the_first_step(trained, folder, tmp_path, monkeypatch):
+    """``init_weights`` loads the given weights into the first trained step (here
+    a two-step recipe whose step 1 is skipped, so step 2 starts from the file)."""
+    seen = []
+
+    def record(student, step, index, *args):
+        seen.append((index, [w.numpy() for w in student.weights]))
+
+    monkeypatch.setattr(trainer, "fit_step", record)
+    init = trained / "weights.h5"
+    recipe = Recipe(model="resnet20", data=str(folder), batch_size=8, init_weights=str(init),
+                    steps=[Step(epochs=0, lr=1e-3, binary_weights=False), Step(epochs=1, lr=1e-3)])
+    trainer.train(recipe, tmp_path / "run")
+    want = models.get("resnet20", num_classes=3, weights=str(init))
+    assert [index for index, _ in seen] == [2]
+    for got, w in zip(seen[0][1], want.weights):
+        np.testing.assert_array_equal(got, w.numpy(), err_msg=w.name)
+    bad = Recipe(model="resnet20", data=str(folder), batch_size=8, init_weights="no_such_tag",
+                 steps=[Step(epochs=1, lr=1e-3)])
+    with pytest.raises(ValueError, match="no_such_tag"):
+        trainer.train(bad, tmp_path / "bad")
+
+
 def test_distillation_loss_is_the_average_of_ce_and_soft_ce():
     student = models.bcdnet_a(input_shape=(32, 32, 3), num_classes=3)
     teacher = tf.keras.Sequential([tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(3)])

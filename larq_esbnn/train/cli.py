@@ -37,7 +37,7 @@ def _train(args):
     for key in ("data", "batch_size", "image_size", "train_limit", "test_limit", "val_limit"):
         if getattr(args, key):  # 0 / None: keep the recipe's value
             setattr(recipe, key, getattr(args, key))
-    for key in ("teacher", "seed"):
+    for key in ("teacher", "seed", "init_weights"):
         if getattr(args, key) is not None:
             setattr(recipe, key, getattr(args, key))
     if args.teachers:
@@ -100,6 +100,8 @@ def add_commands(sub):
     p.add_argument("--teachers", default=None, metavar="ASSISTANT,MAIN",
                    help="the released BNext two-teacher distillation (no label loss); each a teacher spec "
                         "as for --teacher, or keras:EfficientNetB0 (tf.keras.applications, ImageNet)")
+    p.add_argument("--init-weights", default=None, metavar="W",
+                   help="start the first step from these weights of MODEL (tag, file or URL), e.g. cifar10")
     p.add_argument("--output", required=True, help="run folder (checkpoints, logs, weights.h5)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "default"])

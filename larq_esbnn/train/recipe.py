@@ -10,6 +10,7 @@ step 2 binary weights and activations initialised from step 1. Example::
     batch_size = 128
     label_smoothing = 0.1
     teacher = ""            # Keras model file or "" for none
+    init_weights = ""       # e.g. "cifar10": start from the model's registered weights
 
     [[steps]]               # step 1
     epochs = 10
@@ -62,6 +63,9 @@ class Recipe:
     # the released BNext two-teacher distillation: [assistant, main] teacher specs (see
     # trainer.load_teacher); replaces `teacher` and the label loss when given
     teachers: list = field(default_factory=list)
+    # start the first trained step from these weights of `model` (a tag such as "cifar10",
+    # an .h5 file or a URL) instead of a fresh initialisation: continues a shipped model
+    init_weights: str = ""
 
     @classmethod
     def from_dict(cls, raw):

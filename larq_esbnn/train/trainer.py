@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_esbnn import models
+from larq_esbnn import weights as weights_lib
 from larq_esbnn.layers import plain_training
 from larq_esbnn.models.common import walk_layers
 from larq_esbnn.train import data as data_lib
@@ -508,6 +509,9 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
             print(f"resuming step {index} after epoch {resume_epoch} from {prefix}")
         elif previous is not None:
             student.load_weights(str(previous))  # step 2 starts from every tensor of step 1
+        elif recipe.init_weights:
+            loaded = weights_lib.load_weights(student, recipe.model, recipe.init_weights)
+            print(f"step {index} starts from {recipe.model} weights {recipe.init_weights!r} ({loaded})")
         fit_step(student, step, index, train_split, test_split, out, recipe, strategy, teacher, resume_epoch, prefix)
         save_weights_atomic(student, weights_path)
         previous = weights_path
