@@ -51,3 +51,12 @@ def cifar10_dir():
     if not (CIFAR10 / "test.tar.gz").exists():
         pytest.skip(f"CIFAR-10 archives not found at {CIFAR10}")
     return CIFAR10
+
+
+@pytest.fixture
+def float64():
+    """Keras layers in float64 for exactness checks against a reference."""
+    tf.keras.backend.clear_session()
+    tf.keras.backend.set_floatx("float64")
+    yield
+    tf.keras.backend.set_floatx("float32")

@@ -290,14 +290,6 @@ class Reference:
         return x.mean(dim=(2, 3)) @ s["fc.weight"].T + s["fc.bias"]
 
 
-@pytest.fixture
-def float64():
-    tf.keras.backend.clear_session()
-    tf.keras.backend.set_floatx("float64")
-    yield
-    tf.keras.backend.set_floatx("float32")
-
-
 def compare(label, model, ref, size=64):
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():

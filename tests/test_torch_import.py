@@ -183,13 +183,6 @@ class Reference:
 # ------------------------------------------------------------------ helpers
 
 
-@pytest.fixture
-def float64():
-    tf.keras.backend.set_floatx("float64")
-    yield
-    tf.keras.backend.set_floatx("float32")
-
-
 def trainable(model):
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 

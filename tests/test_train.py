@@ -252,6 +252,44 @@ def test_init_weights_start_the_first_step(trained, folder, tmp_path, monkeypatc
         trainer.train(bad, tmp_path / "bad")
 
 
+def test_fused_adamw_is_adamw(tmp_path, float64):
+    """FusedAdamW (one ResourceApplyAdam per variable) makes the updates of the stock
+    AdamW, with a warm-up/cosine schedule and weight decay on kernels only, inside a
+    traced step as in training (float64: equal to 1e-12); an AdamW checkpoint
+    restores into it (runs started before it existed resume)."""
+    def run(cls, restore=None):
+        tf.keras.utils.set_random_seed(3)
+        model = tf.keras.Sequential([tf.keras.Input((5, 5, 2)), tf.keras.layers.Conv2D(3, 3),
+                                     tf.keras.layers.Flatten(), tf.keras.layers.Dense(4)])
+        opt = cls(learning_rate=trainer.WarmupCosine(0.05, 6, 2), weight_decay=0.1)
+        opt.exclude_from_weight_decay(var_names=trainer.NO_DECAY)
+        x = tf.constant(np.random.RandomState(0).randn(6, 5, 5, 2))
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x) ** 2)
+            opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+        ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
+        if restore:
+            opt.build(model.trainable_variables)
+            ckpt.restore(restore).assert_consumed()
+        for _ in range(3):
+            step()
+        return [v.numpy() for v in model.weights + opt.variables], ckpt.save(str(tmp_path / cls.__name__))
+
+    stock, saved = run(tf.keras.optimizers.AdamW)
+    fused, _ = run(trainer.FusedAdamW)
+    for a, b in zip(stock, fused):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    stock_again, _ = run(tf.keras.optimizers.AdamW, restore=saved)
+    fused_again, _ = run(trainer.FusedAdamW, restore=saved)
+    assert not np.allclose(stock_again[0], stock[0])  # the restored run moved on from step 3
+    for a, b in zip(stock_again, fused_again):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
 def test_distillation_loss_is_the_average_of_ce_and_soft_ce():
     student = models.bcdnet_a(input_shape=(32, 32, 3), num_classes=3)
     teacher = tf.keras.Sequential([tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(3)])

@@ -36,13 +36,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ["resnet20", "es_resnet20", "g_resnet20", "es_g_resnet20"]
 TEACHER = "resnet20_fp"
-RUNS = [TEACHER, *MODELS, "resnet20_seed1", "es_resnet20_seed1"]
+# A "<model>_continue" run trains the seed-0 weights of <model> (shipped) for more
+# epochs (training/<model>_cifar10_continue.toml, recipe key init_weights); when it
+# exists, --ship ships it for <model> instead of the seed-0 run.
+CONTINUED = "_continue"
+RUNS = [TEACHER, *MODELS, "resnet20_seed1", "es_resnet20_seed1", *(m + CONTINUED for m in MODELS)]
 TRAIN_IMAGES = 50000
 
 
 def model_of(run):
-    """``es_resnet20_seed1`` -> (``es_resnet20``, 1); ``resnet20`` -> (``resnet20``, 0)."""
-    base, _, seed = run.partition("_seed")
+    """``es_resnet20_seed1`` -> (``es_resnet20``, 1); ``resnet20`` -> (``resnet20``, 0);
+    ``es_resnet20_continue`` -> (``es_resnet20``, 0)."""
+    base, _, seed = run.removesuffix(CONTINUED).partition("_seed")
     return base, int(seed or 0)
 
 
@@ -182,14 +187,22 @@ def main():
         model, seed = model_of(run)
         recipe_file = "resnet20_fp_cifar10.toml" if model == TEACHER else "resnet20_cifar10.toml"
         seed_arg = f" --seed {seed}" if seed else ""
+        steps = [s["epochs"] for s in recipe["steps"]]
+        before = []  # a continued run counts the epochs of the run it started from
+        if run.endswith(CONTINUED):
+            recipe_file, seed_arg = f"{model}_cifar10_continue.toml", ""
+            before = results[model]["steps"] if model in results else []
+            rows = rows_by_run[run] = [*rows_by_run.get(model, []), *rows]
         results[run] = {
             "model": model, "seed": recipe["seed"],
             "top1": metrics["top1"], "top5": metrics["top5"], "n": metrics["n"],
-            "epochs": metrics["epochs"], "train_images": recipe["train_limit"] or TRAIN_IMAGES,
-            "steps": [s["epochs"] for s in recipe["steps"]], "teacher": recipe["teacher"],
+            "epochs": sum(before) + metrics["epochs"], "train_images": recipe["train_limit"] or TRAIN_IMAGES,
+            "steps": [*before, *steps], "teacher": recipe["teacher"],
             "images_per_sec": metrics["images_per_sec"], "wall_time_sec": metrics["wall_time_sec"],
             "command": f"larq-esbnn train {model} --recipe training/{recipe_file}{seed_arg} --output RUNS/{run}",
         }
+        if before:
+            results[run]["continues"] = model
         if recipe.get("val_limit"):
             val_label = f"test top-1 (%), {recipe['val_limit']:,}-image subset"
         epochs = range(1, len(rows) + 1)
@@ -197,7 +210,7 @@ def main():
         ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in rows], style, marker="o", label=run)
         ax_loss.plot(epochs, [r["loss"] for r in rows], style, marker="o", label=run)
     for ax, label in ((ax_acc, val_label), (ax_loss, "training loss")):
-        ax.set_xlabel("epoch (step 1, then step 2)")
+        ax.set_xlabel("epoch (step 1, then step 2, then continued)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -216,7 +229,7 @@ def main():
     throughput = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--throughput=")), None)
     timed = equal_time_table(results, rows_by_run, idle_throughput(throughput)) if throughput else []
     (ROOT / "zoo" / "cifar10_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["| run | test top-1 | top-5 | epochs (step 1 + 2) | train images / epoch | teacher | images/s in the run (shared CPU) | wall time | command |",
+    lines = ["| run | test top-1 | top-5 | epochs (step 1 + 2 [+ continued]) | train images / epoch | teacher | images/s in the run (shared CPU) | wall time | command |",
              "|---|---|---|---|---|---|---|---|---|"]
     for run, r in results.items():
         speed = f"{r['images_per_sec']:.0f}" if r["images_per_sec"] else "- (shipped weights)"
@@ -238,12 +251,13 @@ def main():
         target = ROOT / "larq_esbnn" / "pretrained"
         target.mkdir(exist_ok=True)
         for run, r in results.items():
-            if r["seed"] != 0 or r.get("shipped_only"):
-                continue
-            dest = target / f"{run}_cifar10.h5"
+            if r["seed"] != 0 or r.get("shipped_only") or run + CONTINUED in results:
+                continue  # a continued run ships as its model's weights instead
+            dest = target / f"{r['model']}_cifar10.h5"
             shutil.copyfile(runs / run / "weights.h5", dest)
             digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-            print(f'    _trained_here("{run}", "{digest}", "{100 * r["top1"]:.2f}"),')
+            recipe = f', "{r["model"]}_cifar10_continue.toml"' if run.endswith(CONTINUED) else ""
+            print(f'    _trained_here("{r["model"]}", "{digest}", "{100 * r["top1"]:.2f}"{recipe}),  # {run}')
 
 
 if __name__ == "__main__":
