@@ -84,8 +84,8 @@ class FusedAdamW(tf.keras.optimizers.AdamW):
     but it is one op per variable instead of about twenty, and the step scalars
     (lr, b1^t, b2^t) are built once per ``apply_gradients``, not once per variable.
     Tracing the training step is what a short run spends most of its time on: this
-    halves it (first step of resnet20 36 -> 17 s of CPU, binaryvit_cifar 101 -> 50 s:
-    ``benchmarks/trace_time.py``).
+    halves it (CPU of the first step: resnet20 37 -> 18 s, binaryvit_cifar 100 -> 43 s;
+    ``benchmarks/trace_time.py``, table in ``benchmarks/README.md``).
     Sparse gradients and ``amsgrad`` take the stock path.
     """
 
