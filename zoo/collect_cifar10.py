@@ -87,12 +87,23 @@ def paired_table(runs, results, data, limit=None, resamples=2000):
     import numpy as np
     from tqdm import tqdm
 
+    from larq_esbnn import weights as weights_lib
     from larq_esbnn.weights import TOP1_TOLERANCE, within_top1_tolerance
 
     correct = {}
     for run in tqdm(list(results), desc="predicting the test set", unit="run"):
+        model = model_of(run)[0]
         weights = "cifar10" if results[run].get("shipped_only") else runs / run / "weights.h5"
-        correct[run] = per_image_correct(model_of(run)[0], weights, data, limit)
+        path = weights_lib.resolve(model, weights)[0] if weights == "cifar10" else weights
+        # per-image results are cached beside the runs, keyed by the weights' sha256
+        cache = runs / "per_image" / f"{model}_{weights_lib.sha256_file(path)[:16]}.npy"
+        if limit is None and cache.exists():
+            correct[run] = np.load(cache)
+        else:
+            correct[run] = per_image_correct(model, weights, data, limit)
+            if limit is None:
+                cache.parent.mkdir(exist_ok=True)
+                np.save(cache, correct[run])
         # metrics.json may come from another machine or thread count: allow the
         # registry's tolerance (a few sign flips near zero), not bit equality
         if limit is None and not within_top1_tolerance(correct[run].mean(), results[run]["top1"], len(correct[run])):
