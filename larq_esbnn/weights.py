@@ -295,14 +295,12 @@ _EXTERNAL = [
               "BCDNet (ECCV 2022)", "dict {'model', 'optimizer', 'last_iter'}, keys prefixed 'module.'",
               link="https://drive.google.com/file/d/12jL6SzBppXJry0fLq0AzhY1dYFVGyfp5/view?usp=sharing",
               note="step 2 (binary weights and activations); the README also links step 1"),
-    # Ready for the BNext models (uncomment once bnext_t / es_bnext_t are registered
-    # models with a rule in torch_import; the links are those of the ESBNN README):
-    # _released("bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'BNext-T' file", "72.4",
-    #           "ES-BNN README (BNext-T)", _BNEXT_CONTAINER,
-    #           link="https://drive.google.com/file/d/1CJ0XOEhoHuNe-tDYJaAOd1j4YyNXuyas/view?usp=sharing"),
-    # _released("es_bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'ES-BNext-T' file", "75.2",
-    #           "ES-BNN README (ES-BNext-T)", _BNEXT_CONTAINER,
-    #           link="https://pan.seu.edu.cn:443/link/F084D724533B054E64ED1FE9B8CC1459"),
+    _released("bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'BNext-T' file", "72.4",
+              "ES-BNN README (BNext-T)", _BNEXT_CONTAINER,
+              link="https://drive.google.com/file/d/1CJ0XOEhoHuNe-tDYJaAOd1j4YyNXuyas/view?usp=sharing"),
+    _released("es_bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'ES-BNext-T' file", "75.2",
+              "ES-BNN README (ES-BNext-T)", _BNEXT_CONTAINER,
+              link="https://pan.seu.edu.cn:443/link/F084D724533B054E64ED1FE9B8CC1459"),
 ]
 
 
@@ -310,9 +308,9 @@ _EXTERNAL = [
 _ENTRIES = [
     _trained_here("resnet20_fp", "0cf4c39e2d644d1ede7b206ea85bef5fffc409aea8fdb11d6ffc2ec6a3c6e4fa", "84.57", "resnet20_fp_cifar10.toml"),
     _trained_here("resnet20", "8e96625c58159c5bf1dcd1f00459078e3b174ab7d4223e4452cc12796dfa4d22", "55.87"),
-    _trained_here("es_resnet20", "a98d105a36c8bef5cde9a357e204c593c58952f4264823eac6aceef138f24b0d", "56.53"),
+    _trained_here("es_resnet20", "5643e7029277bb5ce33516c5b31842215cc0eeedeb382d11449d95330233727d", "63.61", "es_resnet20_cifar10_continue.toml"),
     _trained_here("g_resnet20", "82210f06c1dd8bb2334a605a169a1a7c7e76223d017ab05382428e78bd63290e", "55.82"),
-    _trained_here("es_g_resnet20", "fd17e5ea37a2795076861573418402ee3d63f84f045b875aefadfadb1c6bb7e6", "50.74", "resnet20_cifar10_subset.toml"),
+    _trained_here("es_g_resnet20", "1617d88813fc142461ed538d96d395db9082e8c9b909e0ecc433fea6e2a76171", "58.24"),
 ]
 
 

@@ -23,7 +23,8 @@ from larq_esbnn.torch_import import TernaryWeightsWarning, convert_checkpoint  #
 from larq_esbnn.weights import ExternalWeightsError, WeightsError  # noqa: E402
 
 SIZE = (32, 32, 3)  # the smallest input reactnet_18 accepts; weights do not depend on it
-EXTERNAL = {"reactnet_a": "69.4", "reactnet_18": "65.5", "es_reactnet_a": "71.34", "bcdnet_a": "71.8"}
+EXTERNAL = {"reactnet_a": "69.4", "reactnet_18": "65.5", "es_reactnet_a": "71.34", "bcdnet_a": "71.8",
+            "bnext_t": "72.4", "es_bnext_t": "75.2"}
 
 
 @pytest.fixture(scope="module")

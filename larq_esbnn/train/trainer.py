@@ -562,7 +562,11 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
             student.load_weights(str(previous))  # step 2 starts from every tensor of step 1
         elif recipe.init_weights:
             loaded = weights_lib.load_weights(student, recipe.model, recipe.init_weights)
-            print(f"step {index} starts from {recipe.model} weights {recipe.init_weights!r} ({loaded})")
+            digest = weights_lib.sha256_file(loaded)
+            # a tag such as "cifar10" can later name other weights: record which file it was
+            (out / "init_weights.json").write_text(json.dumps(
+                {"init_weights": recipe.init_weights, "file": str(loaded), "sha256": digest}, indent=2) + "\n")
+            print(f"step {index} starts from {recipe.model} weights {recipe.init_weights!r} ({loaded}, sha256 {digest[:16]}...)")
         fit_step(student, step, index, train_split, test_split, out, recipe, strategy, teacher, resume_epoch, prefix)
         save_weights_atomic(student, weights_path)
         previous = weights_path
