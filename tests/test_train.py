@@ -1,5 +1,6 @@
 """Training, resuming, distribution, fine-tuning and evaluation (issue 6)."""
 
+import hashlib
 import json
 import os
 import pathlib
@@ -246,6 +247,9 @@ def test_init_weights_start_the_first_step(trained, folder, tmp_path, monkeypatc
     assert [index for index, _ in seen] == [2]
     for got, w in zip(seen[0][1], want.weights):
         np.testing.assert_array_equal(got, w.numpy(), err_msg=w.name)
+    # the run records which file the name stood for (a tag can later name other weights)
+    record_file = json.loads((tmp_path / "run" / "init_weights.json").read_text())
+    assert record_file["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
     bad = Recipe(model="resnet20", data=str(folder), batch_size=8, init_weights="no_such_tag",
                  steps=[Step(epochs=1, lr=1e-3)])
     with pytest.raises(ValueError, match="no_such_tag"):

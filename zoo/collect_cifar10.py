@@ -109,19 +109,27 @@ def paired_table(runs, results, data, limit=None, resamples=2000):
         if limit is None and not within_top1_tolerance(correct[run].mean(), results[run]["top1"], len(correct[run])):
             raise RuntimeError(f"{run}: top-1 {correct[run].mean()} differs from metrics.json "
                                f"{results[run]['top1']} by more than {TOP1_TOLERANCE}")
-    base = correct["resnet20"]
     rng = np.random.default_rng(0)
-    picks = rng.integers(0, len(base), (resamples, len(base)))
-    lines = ["| run | top-1 vs resnet20 (seed 0) | 95 % paired bootstrap | only this run right | only resnet20 right |",
-             "|---|---|---|---|---|"]
-    for run, c in correct.items():
-        if run in ("resnet20", TEACHER):
-            continue
+    picks = rng.integers(0, len(correct["resnet20"]), (resamples, len(correct["resnet20"])))
+    lines = ["| run | vs | top-1 difference | 95 % paired bootstrap | only this run right | only the other right |",
+             "|---|---|---|---|---|---|"]
+
+    def compare(run, ref):
+        c, base = correct[run], correct[ref]
         diff = c.astype(float) - base
         low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
-        lines.append(f"| `{run}` | {100 * diff.mean():+.2f} pt | [{100 * low:+.2f}, {100 * high:+.2f}] pt | "
+        lines.append(f"| `{run}` | `{ref}` | {100 * diff.mean():+.2f} pt | [{100 * low:+.2f}, {100 * high:+.2f}] pt | "
                      f"{int((c & ~base).sum())} | {int((base & ~c).sum())} |")
-        results[run]["vs_resnet20"] = {"diff": float(diff.mean()), "ci95": [float(low), float(high)]}
+        results[run][f"vs_{ref}"] = {"diff": float(diff.mean()), "ci95": [float(low), float(high)]}
+
+    for run in correct:
+        if run not in ("resnet20", TEACHER):
+            compare(run, "resnet20")
+    # continued runs against the continued baseline: the same budget of 1 + 1 + 3 epochs
+    matched = "resnet20" + CONTINUED
+    for run in correct:
+        if matched in correct and run.endswith(CONTINUED) and run != matched:
+            compare(run, matched)
     return lines
 
 
@@ -253,7 +261,8 @@ def main():
     if len(seeds) > 2:
         lines += ["", "Seed spread (same recipe, `--seed 1`):", "", *seeds]
     if paired:
-        lines += ["", "Paired comparison on the same 10,000 test images (test-set sampling only):", "", *paired]
+        lines += ["", "Paired comparison on the same 10,000 test images (test-set sampling only; "
+                  "`vs`: the seed-0 baseline, and for continued runs also the continued baseline):", "", *paired]
     if timed:
         lines += ["", *timed]
     write_generated(ROOT / "zoo" / "cifar10.md", lines)
