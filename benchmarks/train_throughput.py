@@ -145,7 +145,7 @@ def main():
     for r in range(args.rounds):
         for row in tqdm.tqdm(rows + large, desc=f"round {r + 1}/{args.rounds}", unit="row", leave=False):
             row.time(args.large_steps if row in large else args.steps)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{x.name}/{x.path} {x.rounds[-1]:.0f}" for x in rows + large),
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{x.name}/{x.path} {x.rounds[-1]:.{0 if x.rounds[-1] >= 10 else 2}f}" for x in rows + large),
               file=sys.stderr, flush=True)
 
     ref = rows[0].images_per_sec
@@ -159,7 +159,7 @@ def main():
         plain = by_key.get((x.name, "plain"))
         base = by_key.get(("resnet20", x.path))
         lines.append(
-            f"| {x.name} | {x.path} | {x.size} | {x.batch_size} | {ips:.0f} | "
+            f"| {x.name} | {x.path} | {x.size} | {x.batch_size} | {ips:.{0 if ips >= 10 else 2}f} | "
             f"{ips / ref:.2f}x | {'%.2fx' % (ips / plain) if x.path == 'fused' and plain else '-'} | "
             f"{'%.2fx' % (ips / base) if base and x.size == 32 and x.name != REFERENCE else '-'} |"
         )
