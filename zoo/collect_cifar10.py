@@ -37,7 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ["resnet20", "es_resnet20", "g_resnet20", "es_g_resnet20"]
 TEACHER = "resnet20_fp"
 # A "<model>_continue" run trains the seed-0 weights of <model> (shipped) for more
-# epochs (training/<model>_cifar10_continue.toml, recipe key init_weights); when it
+# epochs (training/resnet20_cifar10_continue.toml, recipe key init_weights); when it
 # exists, --ship ships it for <model> instead of the seed-0 run.
 CONTINUED = "_continue"
 RUNS = [TEACHER, *MODELS, "resnet20_seed1", "es_resnet20_seed1", *(m + CONTINUED for m in MODELS)]
@@ -127,8 +127,8 @@ def paired_table(runs, results, data, limit=None, resamples=2000):
             compare(run, "resnet20")
     # continued runs against the continued baseline: the same budget of 1 + 1 + 3 epochs
     matched = "resnet20" + CONTINUED
-    for run in correct:
-        if matched in correct and run.endswith(CONTINUED) and run != matched:
+    for run in correct if matched in correct else []:
+        if run.endswith(CONTINUED) and run != matched:
             compare(run, matched)
     return lines
 
@@ -209,7 +209,7 @@ def main():
         steps = [s["epochs"] for s in recipe["steps"]]
         before = []  # a continued run counts the epochs of the run it started from
         if run.endswith(CONTINUED):
-            recipe_file, seed_arg = f"{model}_cifar10_continue.toml", ""
+            recipe_file, seed_arg = "resnet20_cifar10_continue.toml", ""
             before = results[model]["steps"] if model in results else []
             rows = rows_by_run[run] = [*rows_by_run.get(model, []), *rows]
         results[run] = {
@@ -276,7 +276,7 @@ def main():
             dest = target / f"{r['model']}_cifar10.h5"
             shutil.copyfile(runs / run / "weights.h5", dest)
             digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-            recipe = f', "{r["model"]}_cifar10_continue.toml"' if run.endswith(CONTINUED) else ""
+            recipe = ', "resnet20_cifar10_continue.toml"' if run.endswith(CONTINUED) else ""
             print(f'    _trained_here("{r["model"]}", "{digest}", "{100 * r["top1"]:.2f}"{recipe}),  # {run}')
 
 
