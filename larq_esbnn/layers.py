@@ -100,6 +100,10 @@ class RPReLU(tf.keras.layers.Layer):
         if fused_training(training):
             return _rprelu_train(inputs, self.bias_in, self.slope, self.bias_out)
         t = inputs + self.bias_in
+        if not training:
+            # inference: one select instead of two ReLUs, a negation and a
+            # subtraction; the same values bit for bit (see _rprelu_train)
+            return tf.where(t > 0, t, self.slope * t) + self.bias_out
         return tf.nn.relu(t) - self.slope * tf.nn.relu(-t) + self.bias_out
 
 

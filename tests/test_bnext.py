@@ -67,7 +67,7 @@ def independent_count(channels, tau=1, unused=True, classes=1000):
     return total + binary + head, binary, units, bn_channels
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def t_models():
     """The two T models at 224 (shared by the count and OPs tests)."""
     tf.keras.backend.clear_session()

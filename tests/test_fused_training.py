@@ -101,6 +101,24 @@ def test_rprelu_gradient_matches_its_formula(float64):
     np.testing.assert_allclose(db2, g.numpy().sum((0, 1, 2)), rtol=1e-12)
 
 
+def test_rprelu_inference_select_equals_the_plain_formula_bit_for_bit():
+    """Inference takes ``where(t > 0, t, beta t) + zeta`` (fewer passes over the
+    tensor); the plain path's ``relu(t) - beta relu(-t) + zeta`` must give the same
+    bits, slopes above 1 or below 0 and t = 0 included."""
+    rng = np.random.default_rng(5)
+    layer = zl.RPReLU()
+    x = rng.standard_normal((4, 5, 5, 6)).astype(np.float32)
+    b1 = rng.standard_normal(6).astype(np.float32)
+    x[0, 0, 0] = -b1  # t = 0 exactly
+    layer.build(x.shape)
+    layer.set_weights([b1, np.array([0.25, 1.7, -0.3, 0.0, 3.0, 1.0], np.float32), rng.standard_normal(6).astype(np.float32)])
+    with zl.plain_training():
+        plain = layer(x, training=True).numpy()
+    inference = layer(x, training=False).numpy()
+    np.testing.assert_array_equal(inference, plain)
+    assert np.array_equal(np.signbit(inference), np.signbit(plain))
+
+
 def test_plain_training_switch_and_default():
     assert zl.fused_training(True) and not zl.fused_training(False) and not zl.fused_training(None)
     with zl.plain_training():

@@ -35,7 +35,7 @@ def make_folder(root, classes=3, train=16, test=6, size=32, seed=0):
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def folder(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("imgs"))
 
@@ -46,7 +46,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LARQ_ESBNN_QUIET", "1")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(folder, tmp_path_factory):
     """A two-step run through the CLI contract (shared by several tests)."""
     out = tmp_path_factory.mktemp("run")

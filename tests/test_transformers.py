@@ -33,7 +33,7 @@ def binary_weights(model):
     return int(sum(np.prod(w.shape) for w in model.weights if getattr(w, "precision", 32) == 1))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vit_s():
     """binaryvit_s and es_binaryvit_s at 224 and their summaries, built once."""
     built = {}
@@ -326,11 +326,13 @@ def test_two_step_recipe_weights_transfer():
 
 
 def test_trains_one_step_on_the_fused_path():
-    from larq_esbnn.train.trainer import BNNTrainer
+    from larq_esbnn.train.trainer import BNNTrainer, FusedAdamW
 
     model = models.get("es_binaryvit_cifar")
     trainer = BNNTrainer(model)
-    trainer.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    # the trainer's optimizer (half the tracing of the stock Adam's ~20 ops per
+    # variable); no weight decay, so only a gradient can change a weight
+    trainer.compile(optimizer=FusedAdamW(1e-3, weight_decay=0.0))
     x = np.random.default_rng(4).normal(size=(8, 32, 32, 3)).astype(np.float32)
     y = tf.one_hot(np.arange(8) % 10, 10)
     before = [w.numpy().copy() for w in model.trainable_weights]
@@ -345,7 +347,7 @@ def test_trains_one_step_on_the_fused_path():
 # ------------------------------------------------------------------- export
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cifar_export():
     model = models.get("es_binaryvit_cifar")
     rng = np.random.default_rng(6)
