@@ -36,23 +36,6 @@ def _release_traced_graphs():
     gc.collect()
 
 
-# Fixtures that build something expensive (a 224 px model, a training run, a TFLite
-# export). The first four are session-scoped, since a worker of pytest-xdist
-# interleaves modules and would tear a module-scoped one down and build it again
-# (seen: ``trained``, a one-minute training run, twice per suite); ``zoo`` (every
-# model at its default size) stays module-scoped to free its memory. With
-# ``--dist loadgroup`` (the README's test command) the tests sharing one of them
-# run on one worker, so each is built once per suite.
-SHARED_FIXTURES = ("vit_s", "t_models", "trained", "cifar_export", "zoo")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        used = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
-        if used:
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{used[0]}"))
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)
@@ -77,3 +60,4 @@ def float64():
     tf.keras.backend.set_floatx("float64")
     yield
     tf.keras.backend.set_floatx("float32")
+

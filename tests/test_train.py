@@ -46,6 +46,8 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LARQ_ESBNN_QUIET", "1")
 
 
+# session scope: trained at most once per pytest-xdist worker, even when the worker
+# interleaves this module with others (a module-scoped fixture is then rebuilt)
 @pytest.fixture(scope="session")
 def trained(folder, tmp_path_factory):
     """A two-step run through the CLI contract (shared by several tests)."""
