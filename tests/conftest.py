@@ -60,4 +60,3 @@ def float64():
     tf.keras.backend.set_floatx("float64")
     yield
     tf.keras.backend.set_floatx("float32")
-
