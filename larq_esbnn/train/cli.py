@@ -71,13 +71,13 @@ def _finetune(args):
 def _evaluate(args):
     from larq_esbnn import models
     from larq_esbnn.train import data as data_lib
-    from larq_esbnn.train.trainer import evaluate
+    from larq_esbnn.train.trainer import INFERENCE_BATCH, evaluate
 
     split = data_lib.load(args.data, args.split)
     size = args.image_size or models.entry(args.model).input_size
     model = models.get(args.model, weights=args.weights, num_classes=split.num_classes,
                        input_shape=(size, size, 3), **_model_args(args.arg))
-    metrics = evaluate(model, split, size, args.batch_size, limit=args.limit or None)
+    metrics = evaluate(model, split, size, args.batch_size or INFERENCE_BATCH, limit=args.limit or None)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -137,7 +137,8 @@ def add_commands(sub):
     p.add_argument("--weights", required=True, help="tag, file or URL")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="images per inference call (default trainer.INFERENCE_BATCH = 32, the fastest on CPU)")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print {top1, top5, n} as JSON")
     p.set_defaults(func=_evaluate)

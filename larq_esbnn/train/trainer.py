@@ -28,6 +28,14 @@ from larq_esbnn.train import data as data_lib
 from larq_esbnn.train.recipe import Recipe
 
 NO_DECAY = ["bias", "gamma", "beta", "slope", "moving_"]
+# Batch of every inference pass (evaluate, the per-epoch test pass), whatever the
+# training batch. The ES / G models spend most of their inference time in
+# element-wise ops on the tau*g-wide stream (BN, RPReLU, bias, tile, split), which
+# stream through memory: at batch 256 one 32x32 activation of es_g_resnet20 is 67 MB,
+# at 32 it stays in cache. CIFAR-10 test set, 1 thread, `larq-esbnn evaluate`
+# wall time at batch 32 / 256: resnet20 36 / 44 s, es_resnet20 52 / 79 s,
+# es_g_resnet20 94 / 173 s (benchmarks/eval_throughput.py --batch-size).
+INFERENCE_BATCH = 32
 
 
 class TrainingDiverged(RuntimeError):
@@ -381,6 +389,10 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
                                  fast=recipe.fused_training)
         optimizer = make_optimizer(step, steps_per_epoch)
         trainer.compile(optimizer=optimizer)
+        # slots now, not inside the first step: a tf.function that creates variables
+        # on its first call is traced twice (measured: 4 traces of the train step for
+        # a two-step recipe instead of 2, ~5 s each for resnet20)
+        optimizer.build(student.trainable_variables)
     if state is not None:
         with strategy.scope():
             StateStore(out / "state").restore(student, optimizer, state)
@@ -392,7 +404,7 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
         tf.keras.callbacks.TensorBoard(str(out / "tensorboard" / f"step{step_index}"), write_graph=False, profile_batch=0),
     ]
     val_limit = recipe.val_limit or recipe.test_limit or None
-    test_ds = data_lib.dataset(test, size, recipe.batch_size, False, limit=val_limit)
+    test_ds = data_lib.dataset(test, size, INFERENCE_BATCH, False, limit=val_limit)
     offset = sum(s.epochs for s in recipe.steps[: step_index - 1])
     schedule = None
     if recipe.weight_temperature_start > 0 and has_weight_temperature(student):
@@ -576,7 +588,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     tmp = out / "weights.tmp.h5"
     tmp.write_bytes(pathlib.Path(previous).read_bytes())
     os.replace(tmp, final)
-    metrics = evaluate(student, test_split, size, recipe.batch_size, limit=recipe.test_limit or None)
+    metrics = evaluate(student, test_split, size, limit=recipe.test_limit or None)
     rows = _merge_logs(out)
     metrics.update(
         model=recipe.model,
@@ -590,7 +602,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     return metrics
 
 
-def predict_batches(model, split, size=None, batch_size=256, limit=None):
+def predict_batches(model, split, size=None, batch_size=INFERENCE_BATCH, limit=None):
     """Yield ``(logits, labels)`` of ``model`` on ``split`` batch by batch, in order."""
     from tqdm import tqdm
 
@@ -602,7 +614,7 @@ def predict_batches(model, split, size=None, batch_size=256, limit=None):
         yield predict(x), tf.argmax(y, -1)
 
 
-def evaluate(model, split, size=None, batch_size=256, limit=None):
+def evaluate(model, split, size=None, batch_size=INFERENCE_BATCH, limit=None):
     """Top-1 / top-5 accuracy and image count of ``model`` on ``split``."""
     top1 = top5 = n = 0
     for logits, labels in predict_batches(model, split, size, batch_size, limit):
@@ -652,7 +664,7 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     resume_epoch, prefix = (state["epoch"] + 1, state["prefix"]) if state else (0, None)
     fit_step(student, recipe.steps[0], 1, train_split, test_split, out, recipe, strategy, None, resume_epoch, prefix)
     save_weights_atomic(student, out / "weights.h5")
-    metrics = evaluate(student, test_split, size, batch_size, limit=test_limit or None)
+    metrics = evaluate(student, test_split, size, limit=test_limit or None)
     _atomic_write_text(out / "metrics.json", json.dumps({**metrics, "model": model_name, "epochs": epochs}, indent=2))
     plot_curves(out)
     print(f"fine-tuned weights: {out / 'weights.h5'}\ntest top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} on {metrics['n']} images")
