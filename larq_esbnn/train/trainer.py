@@ -168,6 +168,15 @@ class BNNTrainer(tf.keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.acc, self.top5]
 
+    def compile(self, *args, **kwargs):
+        """Keras ``compile``, then the optimizer's slots for the student's trainable
+        variables: created inside the first step instead, they make TensorFlow trace
+        the step twice (a ``tf.function`` that creates variables on its first call is
+        traced again without them; measured: ~5 s per extra trace for resnet20)."""
+        super().compile(*args, **kwargs)
+        if isinstance(self.optimizer, tf.keras.optimizers.Optimizer):  # not the legacy ones
+            self.optimizer.build(self.student.trainable_variables)
+
     def call(self, x, training=False):
         return self.student(x, training=training)
 
@@ -389,10 +398,6 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
                                  fast=recipe.fused_training)
         optimizer = make_optimizer(step, steps_per_epoch)
         trainer.compile(optimizer=optimizer)
-        # slots now, not inside the first step: a tf.function that creates variables
-        # on its first call is traced twice (measured: 4 traces of the train step for
-        # a two-step recipe instead of 2, ~5 s each for resnet20)
-        optimizer.build(student.trainable_variables)
     if state is not None:
         with strategy.scope():
             StateStore(out / "state").restore(student, optimizer, state)
