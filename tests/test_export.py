@@ -14,6 +14,7 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_models import ONE_BLOCK_PER_STAGE
 
 from larq_esbnn import blocks, cli, export, models
 from larq_esbnn.layers import BinaryConv2D
@@ -55,9 +56,11 @@ def _zoo(name, size=None):
     """The last few zoo models built, kept for the next test that asks for them
     (building the 46 M-parameter BCDNets takes longer than converting them); not
     all of them: every model kept at once held several GB for the whole session.
-    size None = the model's smallest allowed input (32 for both families)."""
+    size None = the model's smallest allowed input (32 for both families).
+    BinaryViT-S with one block per stage (tests/test_models.py: every distinct
+    block once; the op counts are exact for the model converted)."""
     size = size or (32 if models.entry(name).input_size == 224 else models.entry(name).input_size)
-    return models.get(name, input_shape=(size, size, 3))
+    return models.get(name, input_shape=(size, size, 3), **ONE_BLOCK_PER_STAGE.get(name, {}))
 
 
 def _randomise_bn(model, seed=0):
