@@ -1,7 +1,7 @@
 """Inference images/s of the CIFAR-10 family with the shipped weights (the cost of
 ``larq-esbnn evaluate`` and of the per-epoch test pass of ``larq-esbnn train``).
 
-    python benchmarks/eval_throughput.py [MODEL ...] [--batch-size 256] [--repeats 3] [--threads 1]
+    python benchmarks/eval_throughput.py [MODEL ...] [--batch-size 32] [--repeats 3] [--threads 1]
 
 Times ``model(x, training=False)`` in a ``tf.function`` on one random batch
 (first call excluded: tracing), ``--repeats`` calls, and prints images/s and the
@@ -20,7 +20,7 @@ DEFAULT = ["resnet20", "es_resnet20", "g_resnet20", "es_g_resnet20", "resnet20_f
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", default=DEFAULT)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)  # trainer.INFERENCE_BATCH
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

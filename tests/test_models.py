@@ -52,7 +52,7 @@ HEAVY = {"bnext_s", "bnext_m", "bnext_l"}
 SMALL = {name: (32 if models.entry(name).input_size == 32 else 64) for name in models.names()}
 # BinaryViT-S repeats identical blocks within a stage (depths 3, 4, 8, 4). One block
 # per stage keeps every distinct block (each stage's width, heads, K/V reduction and
-# FFN ratio, and all three patch mergings) with a quarter of the 1230 layers: the
+# FFN ratio, and all three patch mergings) with 4 of the 19 blocks: the
 # build, not the input size, is what costs (about 19 s per build here, and a round
 # trip builds twice). The full depth is built and counted in tests/test_transformers.py.
 ONE_BLOCK_PER_STAGE = {"binaryvit_s": {"depths": (1, 1, 1, 1)}, "es_binaryvit_s": {"depths": (1, 1, 1, 1)}}

@@ -297,7 +297,7 @@ def test_binary_linear_is_a_centred_1x1_binary_conv():
 
 def test_variants_and_shapes():
     assert models.entry("es_binaryvit_s").defaults == {"tau": 2}
-    # the token map's shape does not depend on the depths (one block per stage: 1/4 of the build)
+    # the token map's shape does not depend on the depths (one block per stage: 4 of 19 blocks to build)
     m = models.binaryvit_s(input_shape=(64, 64, 3), include_top=False, depths=(1, 1, 1, 1))
     assert m.output_shape == (None, 2, 2, 512)
     with pytest.raises(TypeError):
