@@ -83,6 +83,23 @@ def per_image_correct(name, weights, data, limit=None):
     return np.concatenate([np.argmax(logits, -1) == labels.numpy() for logits, labels in batches])
 
 
+PAIRED_HEADER = ["| run | vs | top-1 difference | 95 % paired bootstrap | only this run right | only the other right |",
+                 "|---|---|---|---|---|---|"]
+
+
+def paired_row(run, ref, c, base, picks):
+    """One row of the paired comparison of per-image correctness ``c`` against
+    ``base`` (bool arrays over the same images); ``picks`` are the bootstrap
+    resamples (index arrays). Returns (row, mean difference, [low, high])."""
+    import numpy as np
+
+    diff = c.astype(float) - base
+    low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
+    row = (f"| `{run}` | `{ref}` | {100 * diff.mean():+.2f} pt | [{100 * low:+.2f}, {100 * high:+.2f}] pt | "
+           f"{int((c & ~base).sum())} | {int((base & ~c).sum())} |")
+    return row, float(diff.mean()), [float(low), float(high)]
+
+
 def paired_table(runs, results, data, limit=None, resamples=2000):
     import numpy as np
     from tqdm import tqdm
@@ -111,16 +128,12 @@ def paired_table(runs, results, data, limit=None, resamples=2000):
                                f"{results[run]['top1']} by more than {TOP1_TOLERANCE}")
     rng = np.random.default_rng(0)
     picks = rng.integers(0, len(correct["resnet20"]), (resamples, len(correct["resnet20"])))
-    lines = ["| run | vs | top-1 difference | 95 % paired bootstrap | only this run right | only the other right |",
-             "|---|---|---|---|---|---|"]
+    lines = list(PAIRED_HEADER)
 
     def compare(run, ref):
-        c, base = correct[run], correct[ref]
-        diff = c.astype(float) - base
-        low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
-        lines.append(f"| `{run}` | `{ref}` | {100 * diff.mean():+.2f} pt | [{100 * low:+.2f}, {100 * high:+.2f}] pt | "
-                     f"{int((c & ~base).sum())} | {int((base & ~c).sum())} |")
-        results[run][f"vs_{ref}"] = {"diff": float(diff.mean()), "ci95": [float(low), float(high)]}
+        row, diff, ci95 = paired_row(run, ref, correct[run], correct[ref], picks)
+        lines.append(row)
+        results[run][f"vs_{ref}"] = {"diff": diff, "ci95": ci95}
 
     for run in correct:
         if run not in ("resnet20", TEACHER):
@@ -174,9 +187,10 @@ def shipped_teacher():
             "command": f"larq-esbnn train {TEACHER} --recipe training/resnet20_fp_cifar10.toml --output RUNS/{TEACHER}"}
 
 
-def write_generated(path, lines):
-    """Replace the text between the generated markers of ``path`` (append them if absent)."""
-    start, end = "<!-- generated: start (zoo/collect_cifar10.py) -->", "<!-- generated: end -->"
+def write_generated(path, lines, script="zoo/collect_cifar10.py"):
+    """Replace the text between the generated markers of ``path`` that name
+    ``script`` (append them if absent)."""
+    start, end = f"<!-- generated: start ({script}) -->", f"<!-- generated: end ({script}) -->"
     text = path.read_text() if path.exists() else ""
     block = "\n".join([start, *lines, end])
     if start in text and end in text:
