@@ -11,8 +11,8 @@ from ``zoo/cifar10_results.json``); their folders need not exist here.
 Writes the round's table into zoo/cifar10.md between markers naming this script
 and its curves to zoo/cifar10<round>_curves.png. ``--paired`` predicts the test
 set with the weights before and after the round and compares image by image
-(each model with its own earlier weights, and each variant with ``resnet20``
-after the round). ``--ship`` copies each run's weights to
+(each model with its own earlier weights, and each variant with the
+``resnet20`` weights trained for as many epochs, before or after the round). ``--ship`` copies each run's weights to
 ``larq_esbnn/pretrained/<model>_cifar10.h5`` and prints the registry lines; run
 ``--paired`` before (or with) ``--ship``, while the tag still names the earlier
 weights.
@@ -50,15 +50,20 @@ def earlier(model, recorded):
     return run, recorded[run]
 
 
-def correct_cached(runs, model, path, data):
-    """Per-image top-1 correctness of weights file ``path``, cached by its sha256."""
+def correct_cached(runs, model, path, data, sha256=None):
+    """Per-image top-1 correctness of weights file ``path``, cached by its sha256
+    (``sha256`` given: the cache is used even when ``path`` now holds other weights)."""
     import numpy as np
 
     from larq_esbnn import weights as weights_lib
 
-    cache = runs / "per_image" / f"{model}_{weights_lib.sha256_file(path)[:16]}.npy"
+    digest = sha256 or weights_lib.sha256_file(path)
+    cache = runs / "per_image" / f"{model}_{digest[:16]}.npy"
     if cache.exists():
         return np.load(cache)
+    if sha256 and (not pathlib.Path(path).exists() or weights_lib.sha256_file(path) != sha256):
+        raise RuntimeError(f"{path} no longer holds the weights with sha256 {sha256[:16]}... and they are "
+                           f"not cached in {cache.parent}; run --paired before --ship")
     correct = per_image_correct(model, path, data)
     cache.parent.mkdir(exist_ok=True)
     np.save(cache, correct)
@@ -129,24 +134,28 @@ def main():
             after[run] = correct_cached(runs, r["model"], runs / run / "weights.h5", data)
             if not within_top1_tolerance(after[run].mean(), r["top1"], len(after[run])):
                 raise RuntimeError(f"{run}: top-1 {after[run].mean()} differs from metrics.json {r['top1']}")
-            from_file = pathlib.Path(r["from_file"])
-            if not from_file.exists() or hashlib.sha256(from_file.read_bytes()).hexdigest() != r["from_sha256"]:
-                raise RuntimeError(f"{run}: {from_file} no longer holds the weights the run started from "
-                                   f"(sha256 {r['from_sha256'][:16]}...); run --paired before --ship")
-            before[run] = correct_cached(runs, r["model"], from_file, data)
+            before[run] = correct_cached(runs, r["model"], r["from_file"], data, r["from_sha256"])
         n = len(next(iter(after.values())))
         picks = np.random.default_rng(0).integers(0, n, (2000, n))
         for run, r in results.items():
             row, diff, ci95 = paired_row(run, r["from_run"], after[run], before[run], picks)
             paired.append(row)
             r[f"vs_{r['from_run']}"] = {"diff": diff, "ci95": ci95}
-        base = "resnet20" + round_
-        for run in (r for r in after if r != base and base in after):
-            row, diff, ci95 = paired_row(run, base, after[run], after[base], picks)
-            paired.append(row)
-            results[run][f"vs_{base}"] = {"diff": diff, "ci95": ci95}
+        # each variant against the baseline weights trained for as many epochs
+        base = results.get("resnet20" + round_)
+        baselines = {} if base is None else {
+            base["epochs_before"]: (base["from_run"], before["resnet20" + round_]),
+            base["epochs"]: ("resnet20" + round_, after["resnet20" + round_]),
+        }
+        for run, r in results.items():
+            if r["model"] != "resnet20" and r["epochs"] in baselines:
+                name, correct = baselines[r["epochs"]]
+                row, diff, ci95 = paired_row(run, name, after[run], correct, picks)
+                paired.append(row)
+                r[f"vs_{name}"] = {"diff": diff, "ci95": ci95}
         lines += ["", "Paired comparison on the same 10,000 test images (test-set sampling only): each run "
-                  "against the weights it started from, and each variant against the baseline after the round:",
+                  "against the weights it started from, and each variant against the resnet20 weights "
+                  "trained for as many epochs:",
                   "", *paired]
     (ROOT / "zoo" / f"cifar10{round_}_results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_generated(ROOT / "zoo" / "cifar10.md", lines, script=f"zoo/continue_cifar10.py, round {round_}")
