@@ -307,9 +307,9 @@ _EXTERNAL = [
 # One line per weights file; see the module docstring.
 _ENTRIES = [
     _trained_here("resnet20_fp", "0cf4c39e2d644d1ede7b206ea85bef5fffc409aea8fdb11d6ffc2ec6a3c6e4fa", "84.57", "resnet20_fp_cifar10.toml"),
-    _trained_here("resnet20", "cd85fb487a510a29e86ef9ef939f689dd6e34e47df495188d040f10fef039768", "62.53", "resnet20_cifar10_continue.toml"),
-    _trained_here("es_resnet20", "5643e7029277bb5ce33516c5b31842215cc0eeedeb382d11449d95330233727d", "63.61", "resnet20_cifar10_continue.toml"),
-    _trained_here("g_resnet20", "82210f06c1dd8bb2334a605a169a1a7c7e76223d017ab05382428e78bd63290e", "55.82"),
+    _trained_here("resnet20", "c8ee6b40024a6e3e1c0ac313ec2ef4622cdc751a206404775add5a8368620b53", "65.10", "resnet20_cifar10_continue.toml"),
+    _trained_here("es_resnet20", "edcb6f3985ec5cec965c169daa0a5403aef23db5d353c1eb511c573b3afd2576", "67.15", "resnet20_cifar10_continue.toml"),
+    _trained_here("g_resnet20", "85b7bb77b035d45af45c729040d3d6e5617bc74e06c8610b70ed25e720f44510", "63.40", "resnet20_cifar10_continue.toml"),
     _trained_here("es_g_resnet20", "1617d88813fc142461ed538d96d395db9082e8c9b909e0ecc433fea6e2a76171", "58.24"),
 ]
 
