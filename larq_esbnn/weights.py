@@ -310,7 +310,7 @@ _ENTRIES = [
     _trained_here("resnet20", "c8ee6b40024a6e3e1c0ac313ec2ef4622cdc751a206404775add5a8368620b53", "65.10", "resnet20_cifar10_continue.toml"),
     _trained_here("es_resnet20", "edcb6f3985ec5cec965c169daa0a5403aef23db5d353c1eb511c573b3afd2576", "67.15", "resnet20_cifar10_continue.toml"),
     _trained_here("g_resnet20", "85b7bb77b035d45af45c729040d3d6e5617bc74e06c8610b70ed25e720f44510", "63.40", "resnet20_cifar10_continue.toml"),
-    _trained_here("es_g_resnet20", "1617d88813fc142461ed538d96d395db9082e8c9b909e0ecc433fea6e2a76171", "58.24"),
+    _trained_here("es_g_resnet20", "fe2260405f4e0a66f9a70c5d24a2ad0780439b7f4e4ee2faae658e3b0e394eeb", "66.00", "resnet20_cifar10_continue.toml"),
 ]
 
 
