@@ -11,7 +11,8 @@ images, without curve or timing). Writes zoo/cifar10_results.json, the tables
 into zoo/cifar10.md between its ``<!-- generated -->`` markers (the text around
 them is kept) and zoo/cifar10_curves.png (test top-1 and training loss per epoch). With --ship, copies the seed-0 weights of each model to
 larq_esbnn/pretrained/<model>_cifar10.h5 and prints the registry lines (sha256)
-for larq_esbnn/weights.py. ``--throughput`` reads the fused-path images/s of
+for larq_esbnn/weights.py (later rounds of continued training ship with
+zoo/continue_cifar10.py; --ship here would put their earlier weights back). ``--throughput`` reads the fused-path images/s of
 each variant from the training benchmark and adds the equal-wall-time axis:
 each variant's test top-1 after the epochs that fit the baseline's training time.
 
