@@ -84,6 +84,41 @@ def per_image_correct(name, weights, data, limit=None):
     return np.concatenate([np.argmax(logits, -1) == labels.numpy() for logits, labels in batches])
 
 
+def correct_cached(runs, model, weights, data, limit=None, sha256=None):
+    """:func:`per_image_correct`, cached in ``runs/per_image`` by the weights file's
+    sha256 (not with ``limit``). ``weights``: a file or the tag ``cifar10``. With
+    ``sha256`` given, the cache is used even when the file now holds other weights
+    (after ``--ship``); without a cache entry the file must still match it."""
+    import numpy as np
+
+    from larq_esbnn import weights as weights_lib
+
+    path = weights_lib.resolve(model, weights)[0] if weights == "cifar10" else weights
+    digest = sha256 or weights_lib.sha256_file(path)
+    cache = runs / "per_image" / f"{model}_{digest[:16]}.npy"
+    if limit is None and cache.exists():
+        return np.load(cache)
+    if sha256 and (not pathlib.Path(path).exists() or weights_lib.sha256_file(path) != sha256):
+        raise RuntimeError(f"{path} no longer holds the weights with sha256 {sha256[:16]}... and they are "
+                           f"not cached in {cache.parent}; run --paired before --ship")
+    correct = per_image_correct(model, weights, data, limit)
+    if limit is None:
+        cache.parent.mkdir(exist_ok=True)
+        np.save(cache, correct)
+    return correct
+
+
+def ship(weights_file, model, top1, recipe=None, comment=""):
+    """Copy a run's weights to larq_esbnn/pretrained/<model>_cifar10.h5 and print its
+    registry line for larq_esbnn/weights.py."""
+    dest = ROOT / "larq_esbnn" / "pretrained" / f"{model}_cifar10.h5"
+    dest.parent.mkdir(exist_ok=True)
+    shutil.copyfile(weights_file, dest)
+    digest = hashlib.sha256(dest.read_bytes()).hexdigest()
+    recipe_arg = f', "{recipe}"' if recipe else ""
+    print(f'    _trained_here("{model}", "{digest}", "{100 * top1:.2f}"{recipe_arg}),  # {comment}')
+
+
 PAIRED_HEADER = ["| run | vs | top-1 difference | 95 % paired bootstrap | only this run right | only the other right |",
                  "|---|---|---|---|---|---|"]
 
@@ -105,23 +140,13 @@ def paired_table(runs, results, data, limit=None, resamples=2000):
     import numpy as np
     from tqdm import tqdm
 
-    from larq_esbnn import weights as weights_lib
     from larq_esbnn.weights import TOP1_TOLERANCE, within_top1_tolerance
 
     correct = {}
     for run in tqdm(list(results), desc="predicting the test set", unit="run"):
         model = model_of(run)[0]
         weights = "cifar10" if results[run].get("shipped_only") else runs / run / "weights.h5"
-        path = weights_lib.resolve(model, weights)[0] if weights == "cifar10" else weights
-        # per-image results are cached beside the runs, keyed by the weights' sha256
-        cache = runs / "per_image" / f"{model}_{weights_lib.sha256_file(path)[:16]}.npy"
-        if limit is None and cache.exists():
-            correct[run] = np.load(cache)
-        else:
-            correct[run] = per_image_correct(model, weights, data, limit)
-            if limit is None:
-                cache.parent.mkdir(exist_ok=True)
-                np.save(cache, correct[run])
+        correct[run] = correct_cached(runs, model, weights, data, limit)
         # metrics.json may come from another machine or thread count: allow the
         # registry's tolerance (a few sign flips near zero), not bit equality
         if limit is None and not within_top1_tolerance(correct[run].mean(), results[run]["top1"], len(correct[run])):
@@ -283,16 +308,11 @@ def main():
     write_generated(ROOT / "zoo" / "cifar10.md", lines)
     print("\n".join(lines))
     if "--ship" in sys.argv:
-        target = ROOT / "larq_esbnn" / "pretrained"
-        target.mkdir(exist_ok=True)
         for run, r in results.items():
             if r["seed"] != 0 or r.get("shipped_only") or run + CONTINUED in results:
                 continue  # a continued run ships as its model's weights instead
-            dest = target / f"{r['model']}_cifar10.h5"
-            shutil.copyfile(runs / run / "weights.h5", dest)
-            digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-            recipe = ', "resnet20_cifar10_continue.toml"' if run.endswith(CONTINUED) else ""
-            print(f'    _trained_here("{r["model"]}", "{digest}", "{100 * r["top1"]:.2f}"{recipe}),  # {run}')
+            recipe = "resnet20_cifar10_continue.toml" if run.endswith(CONTINUED) else None
+            ship(runs / run / "weights.h5", r["model"], r["top1"], recipe, run)
 
 
 if __name__ == "__main__":

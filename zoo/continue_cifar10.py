@@ -18,10 +18,8 @@ set with the weights before and after the round and compares image by image
 weights.
 """
 
-import hashlib
 import json
 import pathlib
-import shutil
 import sys
 
 import matplotlib
@@ -35,9 +33,10 @@ from collect_cifar10 import (  # noqa: E402
     MODELS,
     PAIRED_HEADER,
     ROOT,
+    correct_cached,
     paired_row,
-    per_image_correct,
     read_log,
+    ship,
     write_generated,
 )
 
@@ -48,26 +47,6 @@ def earlier(model, recorded):
     """(run name, result) of the weights ``model.cifar10`` named before this round."""
     run = model + CONTINUED if model + CONTINUED in recorded else model
     return run, recorded[run]
-
-
-def correct_cached(runs, model, path, data, sha256=None):
-    """Per-image top-1 correctness of weights file ``path``, cached by its sha256
-    (``sha256`` given: the cache is used even when ``path`` now holds other weights)."""
-    import numpy as np
-
-    from larq_esbnn import weights as weights_lib
-
-    digest = sha256 or weights_lib.sha256_file(path)
-    cache = runs / "per_image" / f"{model}_{digest[:16]}.npy"
-    if cache.exists():
-        return np.load(cache)
-    if sha256 and (not pathlib.Path(path).exists() or weights_lib.sha256_file(path) != sha256):
-        raise RuntimeError(f"{path} no longer holds the weights with sha256 {sha256[:16]}... and they are "
-                           f"not cached in {cache.parent}; run --paired before --ship")
-    correct = per_image_correct(model, path, data)
-    cache.parent.mkdir(exist_ok=True)
-    np.save(cache, correct)
-    return correct
 
 
 def main():
@@ -134,7 +113,7 @@ def main():
             after[run] = correct_cached(runs, r["model"], runs / run / "weights.h5", data)
             if not within_top1_tolerance(after[run].mean(), r["top1"], len(after[run])):
                 raise RuntimeError(f"{run}: top-1 {after[run].mean()} differs from metrics.json {r['top1']}")
-            before[run] = correct_cached(runs, r["model"], r["from_file"], data, r["from_sha256"])
+            before[run] = correct_cached(runs, r["model"], r["from_file"], data, sha256=r["from_sha256"])
         n = len(next(iter(after.values())))
         picks = np.random.default_rng(0).integers(0, n, (2000, n))
         for run, r in results.items():
@@ -162,11 +141,7 @@ def main():
     print("\n".join(lines))
     if "--ship" in sys.argv:
         for run, r in results.items():
-            dest = ROOT / "larq_esbnn" / "pretrained" / f"{r['model']}_cifar10.h5"
-            shutil.copyfile(runs / run / "weights.h5", dest)
-            digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-            print(f'    _trained_here("{r["model"]}", "{digest}", "{100 * r["top1"]:.2f}", '
-                  f'"resnet20_cifar10_continue.toml"),  # {run}')
+            ship(runs / run / "weights.h5", r["model"], r["top1"], "resnet20_cifar10_continue.toml", run)
 
 
 if __name__ == "__main__":
