@@ -309,3 +309,73 @@ def test_distillation_loss_is_the_average_of_ce_and_soft_ce():
     ce = tf.keras.losses.categorical_crossentropy(y, cls, from_logits=True, label_smoothing=0.1)
     soft = -tf.reduce_sum(tf.nn.softmax(teacher(x)) * tf.nn.log_softmax(dist), -1)
     np.testing.assert_allclose(per_example.numpy(), (0.5 * ce + 0.5 * soft).numpy(), rtol=1e-5)
+
+
+def test_warmup_cosine_offset_continues_the_schedule():
+    plain = trainer.WarmupCosine(1.0, total=10, warmup=2)
+    shifted = trainer.WarmupCosine(1.0, total=10, warmup=2, offset=4)
+    for i in range(7):
+        assert float(shifted(i)) == pytest.approx(float(plain(i + 4)))
+    assert trainer.WarmupCosine.from_config(shifted.get_config()).offset == 4
+
+
+def test_sgd_steps_use_nesterov_momentum_and_the_decay_groups():
+    opt = trainer.make_optimizer(Step(epochs=1, lr=0.1, weight_decay=5e-4, optimizer="sgd", momentum=0.8), 10)
+    assert isinstance(opt, tf.keras.optimizers.SGD) and opt.nesterov and opt.momentum == pytest.approx(0.8)
+    model = models.resnet20_fp(num_classes=3)
+    decayed = {v.name for v in model.trainable_variables if opt._use_weight_decay(v)}
+    assert decayed and not any(k in n for n in decayed for k in ("gamma", "beta", "bias"))
+    with pytest.raises(ValueError, match="optimizer must be 'adamw' or 'sgd', got 'adam'"):
+        Recipe.from_dict({"model": "resnet20", "data": "x", "steps": [{"epochs": 1, "lr": 1, "optimizer": "adam"}]})
+
+
+def test_resume_from_a_committed_snapshot_when_the_run_folder_is_gone(folder, tmp_path, capsys):
+    """A run killed after step 2, epoch 1 of 2 is snapshotted; its folder is lost; a
+    new run with ``resume=True`` continues from the snapshot's weights at the same
+    place of the schedule (learning rate included) and the history spans both runs."""
+    snap = tmp_path / "snap"
+    recipe = Recipe(model="resnet20", data=str(folder), batch_size=8, val_limit=4, snapshot=str(snap),
+                    steps=[Step(epochs=1, lr=1e-3, binary_weights=False), Step(epochs=2, lr=1e-3)])
+    first = tmp_path / "first"
+    trainer.train(recipe, first)
+    latest = first / "state" / "latest.json"
+    assert json.loads(latest.read_text())["prefix"] == "s2-e1"
+    latest.write_text(json.dumps({"step": 2, "epoch": 0, "prefix": "s2-e0"}))  # as if killed after s2-e0
+    position = trainer.write_snapshot(first, snap, note="test")
+    assert (position["step"], position["epoch"], position["epochs_done"], position["epochs_total"]) == (2, 0, 2, 3)
+    snapshot_weights = models.get("resnet20", num_classes=3, weights=str(snap / "weights.h5"))
+
+    seen = []
+    real_fit_step = trainer.fit_step
+
+    def record(student, step, index, train, test, out, recipe, strategy, teacher, resume_epoch, prefix, lr_offset):
+        seen.append((index, resume_epoch, prefix, lr_offset, [w.numpy().copy() for w in student.weights]))
+        return real_fit_step(student, step, index, train, test, out, recipe, strategy, teacher, resume_epoch,
+                             prefix, lr_offset)
+
+    second = tmp_path / "second"
+    trainer.fit_step = record
+    try:
+        trainer.train(recipe, second, resume=True)
+    finally:
+        trainer.fit_step = real_fit_step
+    assert "continuing from the committed snapshot" in capsys.readouterr().out
+    steps_per_epoch = 48 // 8
+    assert [s[:4] for s in seen] == [(2, 1, None, steps_per_epoch)]
+    for got, want in zip(seen[0][4], snapshot_weights.weights):
+        np.testing.assert_array_equal(got, want.numpy(), err_msg=want.name)
+    assert json.loads((second / "state" / "latest.json").read_text())["lr_offset"] == steps_per_epoch
+    position = trainer.write_snapshot(second, snap)
+    assert (position["step"], position["epoch"], position["epochs_done"]) == (2, 1, 3)
+    history = (snap / "history.csv").read_text().splitlines()
+    assert [line.split(",")[:3] for line in history[1:]] == [["1", "0", "1"], ["2", "0", "2"], ["2", "1", "3"]]
+    assert [line.split(",")[-2] for line in history[1:]] == ["first", "first", "second"]
+
+    other = Recipe(**{**recipe.__dict__, "steps": [Step(epochs=1, lr=1e-3, binary_weights=False),
+                                                   Step(epochs=3, lr=1e-3)]})
+    with pytest.raises(ValueError, match=r"another schedule \(differs in \['steps'\]\)"):
+        trainer.train(other, tmp_path / "third", resume=True)
+    (snap / "weights.h5").write_bytes(b"not the snapshot")
+    with pytest.raises(ValueError, match="sha256"):
+        trainer.train(recipe, tmp_path / "fourth", resume=True)
+    assert not (tmp_path / "fourth").exists()  # checked before any work

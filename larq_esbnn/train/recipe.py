@@ -27,6 +27,7 @@ step 2 binary weights and activations initialised from step 1. Example::
 
 import dataclasses
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 
@@ -38,6 +39,10 @@ class Step:
     weight_decay: float = 0.0
     warmup_epochs: float = 0.0
     binary_weights: bool = True
+    # "adamw" (FusedAdamW, decoupled weight decay) or "sgd" (Nesterov momentum; the
+    # weight decay is then applied as w -= lr * weight_decay * w at every step)
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # SGD only
 
 
 @dataclass
@@ -66,6 +71,11 @@ class Recipe:
     # start the first trained step from these weights of `model` (a tag such as "cifar10",
     # an .h5 file or a URL) instead of a fresh initialisation: continues a shipped model
     init_weights: str = ""
+    # a folder (relative to the recipe file; "{model}" is replaced by the model name)
+    # holding a committed snapshot of this run: weights.h5 + position.json (step and
+    # epoch reached, the schedule, sha256) + history.csv. `train --resume` continues
+    # from it when the run folder has no checkpoint (see trainer.read_snapshot)
+    snapshot: str = ""
 
     @classmethod
     def from_dict(cls, raw):
@@ -82,7 +92,14 @@ class Recipe:
     @classmethod
     def load(cls, path):
         with open(path, "rb") as f:
-            return cls.from_dict(tomllib.load(f))
+            recipe = cls.from_dict(tomllib.load(f))
+        if recipe.snapshot and not os.path.isabs(recipe.snapshot):
+            recipe.snapshot = os.path.join(os.path.dirname(os.path.abspath(path)), recipe.snapshot)
+        return recipe
+
+    def snapshot_dir(self):
+        """The snapshot folder of this recipe's model, or None."""
+        return self.snapshot.replace("{model}", self.model) if self.snapshot else None
 
     def validate(self):
         if not self.steps:
@@ -90,6 +107,10 @@ class Recipe:
         for i, step in enumerate(self.steps):
             if step.epochs < 0 or step.lr <= 0:
                 raise ValueError(f"step {i + 1}: epochs must be >= 0 and lr > 0, got {step}")
+            if step.optimizer not in ("adamw", "sgd"):
+                raise ValueError(f"step {i + 1}: optimizer must be 'adamw' or 'sgd', got {step.optimizer!r}")
+            if not 0 <= step.momentum < 1:
+                raise ValueError(f"step {i + 1}: momentum must be in [0, 1), got {step.momentum}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.distill_weight <= 1:

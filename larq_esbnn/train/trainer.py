@@ -10,6 +10,7 @@ Output folder layout (``DIR``)::
 """
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import math
@@ -63,20 +64,26 @@ def choose_strategy(name="auto"):
 
 @tf.keras.utils.register_keras_serializable(package="larq_esbnn")
 class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then cosine to 0."""
+    """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then cosine to 0.
 
-    def __init__(self, peak, total, warmup=0):
+    ``offset`` shifts the schedule: the optimizer's step ``i`` gets the rate of step
+    ``i + offset``. A run continued from a committed snapshot with a fresh optimizer
+    (iterations 0, so Adam's bias correction starts afresh) uses it to continue the
+    planned schedule where the snapshot left it."""
+
+    def __init__(self, peak, total, warmup=0, offset=0):
         self.peak, self.total, self.warmup = float(peak), int(total), int(warmup)
+        self.offset = int(offset)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        step = tf.cast(step, tf.float32) + float(self.offset)
         warm = self.peak * step / max(self.warmup, 1)
         progress = (step - self.warmup) / max(self.total - self.warmup, 1)
         cosine = 0.5 * self.peak * (1 + tf.cos(math.pi * tf.clip_by_value(progress, 0.0, 1.0)))
         return tf.where(step < self.warmup, warm, cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
+        return {"peak": self.peak, "total": self.total, "warmup": self.warmup, "offset": self.offset}
 
 
 @tf.keras.utils.register_keras_serializable("larq_esbnn")
@@ -349,10 +356,15 @@ class StateStore:
         state["prefix"] = str(self.folder / pathlib.Path(state["prefix"]).name)
         return state
 
-    def save(self, student, optimizer, step, epoch):
+    def save(self, student, optimizer, step, epoch, lr_offset=0):
+        """Checkpoint (model + optimizer) and the student's weights as ``.weights.h5``
+        (what a snapshot commits); ``lr_offset`` is the schedule offset of the
+        optimizer (:class:`WarmupCosine`), kept so that a resume rebuilds it."""
         name = f"s{step}-e{epoch}"
         tf.train.Checkpoint(model=student, optimizer=optimizer).write(str(self.folder / name))
-        _atomic_write_text(self.folder / "latest.json", json.dumps({"step": step, "epoch": epoch, "prefix": name}))
+        save_weights_atomic(student, self.folder / f"{name}.weights.h5")
+        _atomic_write_text(self.folder / "latest.json", json.dumps(
+            {"step": step, "epoch": epoch, "prefix": name, "lr_offset": int(lr_offset)}))
         done = sorted(self.folder.glob("s*-e*.index"), key=os.path.getmtime)
         for old in done[: -self.keep]:
             for f in self.folder.glob(old.name[: -len(".index")] + ".*"):
@@ -376,16 +388,26 @@ def save_weights_atomic(model, path):
     os.replace(tmp, path)
 
 
-def make_optimizer(step, steps_per_epoch):
+def make_optimizer(step, steps_per_epoch, lr_offset=0):
+    """The step's optimizer on a warm-up + cosine schedule over its epochs:
+    ``FusedAdamW`` (``optimizer = "adamw"``) or SGD with Nesterov momentum (``"sgd"``);
+    biases, BN and slopes are never decayed."""
     total = max(step.epochs * steps_per_epoch, 1)
-    schedule = WarmupCosine(step.lr, total, int(step.warmup_epochs * steps_per_epoch))
-    opt = FusedAdamW(learning_rate=schedule, weight_decay=step.weight_decay)
+    schedule = WarmupCosine(step.lr, total, int(step.warmup_epochs * steps_per_epoch), lr_offset)
+    if step.optimizer == "sgd":
+        opt = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=step.momentum, nesterov=True,
+                                      weight_decay=step.weight_decay or None)
+    else:
+        opt = FusedAdamW(learning_rate=schedule, weight_decay=step.weight_decay)
     opt.exclude_from_weight_decay(var_names=NO_DECAY)
     return opt
 
 
-def fit_step(student, step, step_index, train, test, out, recipe, strategy, teacher=None, resume_epoch=0, state=None):
-    """Train ``student`` for one recipe step; checkpoint after every epoch."""
+def fit_step(student, step, step_index, train, test, out, recipe, strategy, teacher=None, resume_epoch=0, state=None,
+             lr_offset=0):
+    """Train ``student`` for one recipe step; checkpoint after every epoch. ``state``
+    is a checkpoint prefix to restore (model + optimizer); ``lr_offset`` shifts the
+    learning-rate schedule (a run continued from a snapshot, see :func:`train`)."""
     size = student.input_shape[1]
     steps_per_epoch = len(train.subset(recipe.train_limit)) // recipe.batch_size
     if steps_per_epoch < 1:
@@ -396,7 +418,7 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
         else:
             trainer = BNNTrainer(student, teacher, recipe.label_smoothing, recipe.distill_weight,
                                  fast=recipe.fused_training)
-        optimizer = make_optimizer(step, steps_per_epoch)
+        optimizer = make_optimizer(step, steps_per_epoch, lr_offset)
         trainer.compile(optimizer=optimizer)
     if state is not None:
         with strategy.scope():
@@ -434,7 +456,7 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
                 f"loss became {value} at step {step_index}, epoch {epoch + 1}, batch {batch + 1}; "
                 f"stopped without saving this epoch{kept}. Lower the learning rate ({step.lr})."
             )
-        store.save(student, optimizer, step_index, epoch)
+        store.save(student, optimizer, step_index, epoch, lr_offset)
     if schedule is not None and schedule.value is not None and schedule.value >= 1e-7:
         print(f"warning: the weight temperature ended at {schedule.value:.3g} >= 1e-7, so the binary "
               "convs still use real weights clip(W / T, -1, 1); train longer or lower "
@@ -543,13 +565,115 @@ def _step_args(model_name, step):
     return {}
 
 
+SNAPSHOT_FILES = ("weights.h5", "position.json", "history.csv")
+
+
+def schedule_record(recipe):
+    """What a snapshot's position is measured against: the model, its arguments, the
+    data and every setting that shapes the schedule (a snapshot of another schedule
+    must not be continued with this one)."""
+    return {
+        "model": recipe.model, "model_args": recipe.model_args, "image_size": recipe.image_size,
+        "batch_size": recipe.batch_size, "seed": recipe.seed, "train_limit": recipe.train_limit,
+        "teacher": recipe.teacher, "distill_weight": recipe.distill_weight,
+        "label_smoothing": recipe.label_smoothing, "init_weights": recipe.init_weights,
+        "steps": [dataclasses.asdict(s) for s in recipe.steps],
+    }
+
+
+def read_snapshot(folder, recipe):
+    """The committed snapshot in ``folder`` (``position.json`` + ``weights.h5``) as
+    ``{"step", "epoch", "weights", "sha256", "folder", ...}``, checked against
+    ``recipe``: same schedule record, weights file present with the recorded sha256.
+    Returns None when the folder holds no snapshot; raises ValueError on a mismatch."""
+    folder = pathlib.Path(folder)
+    position_file = folder / "position.json"
+    if not position_file.exists():
+        return None
+    position = json.loads(position_file.read_text())
+    expected = json.loads(json.dumps(schedule_record(recipe)))  # tuples -> lists, as stored
+    if position.get("schedule") != expected:
+        diff = sorted(k for k in expected if position.get("schedule", {}).get(k) != expected[k])
+        raise ValueError(f"the snapshot in {folder} was taken under another schedule (differs in {diff}); "
+                         f"continue it with its own recipe or start a new run")
+    weights_file = folder / "weights.h5"
+    digest = weights_lib.sha256_file(weights_file) if weights_file.exists() else None
+    if digest != position.get("sha256"):
+        raise ValueError(f"{weights_file} is missing or its sha256 ({digest}) is not the recorded "
+                         f"{position.get('sha256')}")
+    return {**position, "weights": str(weights_file), "folder": str(folder)}
+
+
+def _history_rows(path):
+    import csv
+
+    if not pathlib.Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_snapshot(run, folder, note=""):
+    """Commit-ready snapshot of run folder ``run`` into ``folder``: the student's
+    weights at its last checkpoint (``weights.h5``), ``position.json`` (step and
+    epoch reached, the schedule record, sha256, ``note``, e.g. the CPU model) and
+    ``history.csv``, the per-epoch log of every run that continued this schedule
+    (rows already in the folder are kept; a re-run epoch keeps its newest row).
+    Every file is written under a temporary name and renamed. Returns the position."""
+    import csv
+
+    run, folder = pathlib.Path(run), pathlib.Path(folder)
+    state = StateStore(run / "state").latest if (run / "state").is_dir() else None
+    if state is None:
+        raise FileNotFoundError(f"{run} has no checkpoint (state/latest.json) to snapshot")
+    weights_file = pathlib.Path(state["prefix"] + ".weights.h5")
+    if not weights_file.exists():
+        raise FileNotFoundError(f"{weights_file} is missing (checkpoints before weights were saved with them)")
+    recipe = Recipe.from_dict(json.loads((run / "recipe.json").read_text()))
+    folder.mkdir(parents=True, exist_ok=True)
+    done = sum(s.epochs for s in recipe.steps[: state["step"] - 1]) + state["epoch"] + 1
+    position = {
+        "step": state["step"], "epoch": state["epoch"], "epochs_done": done,
+        "epochs_total": sum(s.epochs for s in recipe.steps),
+        "sha256": weights_lib.sha256_file(weights_file), "note": note,
+        "schedule": json.loads(json.dumps(schedule_record(recipe))),
+    }
+    rows = {}
+    for row in _history_rows(folder / "history.csv"):
+        rows[(int(row["step"]), int(row["epoch"]))] = row
+    for row in _merge_logs(run):
+        step, epoch = int(row.pop("step")), int(row.pop("epoch"))
+        if (step, epoch) > (state["step"], state["epoch"]):
+            continue  # logged, but the checkpoint of that epoch was not written
+        offset = sum(s.epochs for s in recipe.steps[: step - 1])
+        rows[(step, epoch)] = {"step": step, "epoch": epoch, "global_epoch": offset + epoch + 1,
+                               **row, "run": run.name, "note": note}
+    fields = []
+    for row in rows.values():
+        fields += [k for k in row if k not in fields]
+    tmp = folder / "history.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows[key] for key in sorted(rows))
+    tmp_weights = folder / "weights.tmp.h5"
+    tmp_weights.write_bytes(weights_file.read_bytes())
+    os.replace(tmp_weights, folder / "weights.h5")
+    os.replace(tmp, folder / "history.csv")
+    _atomic_write_text(folder / "position.json", json.dumps(position, indent=2) + "\n")
+    return position
+
+
 def train(recipe: Recipe, output, resume=False, strategy="auto"):
     """Run every step of ``recipe`` into ``output``; returns the final metrics dict."""
     out = pathlib.Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    state = StateStore(out / "state").latest if resume else None
+    state = StateStore(out / "state").latest if resume and (out / "state").is_dir() else None
     if not resume and (out / "state" / "latest.json").exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
+    snapshot = None
+    if resume and state is None and recipe.snapshot_dir():
+        snapshot = read_snapshot(recipe.snapshot_dir(), recipe)  # validated before any work
+    out.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(out / "recipe.json", recipe.to_json())
     strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
     tf.keras.utils.set_random_seed(recipe.seed)
@@ -571,10 +695,23 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
         if state and state["step"] > index and weights_path.exists():
             previous = weights_path
             continue
-        resume_epoch, prefix = 0, None
+        if snapshot and snapshot["step"] > index:
+            continue  # done before the snapshot; its weights carry every later tensor
+        resume_epoch, prefix, lr_offset = 0, None, 0
         if state and state["step"] == index:
             resume_epoch, prefix = state["epoch"] + 1, state["prefix"]
+            lr_offset = state.get("lr_offset", 0)
             print(f"resuming step {index} after epoch {resume_epoch} from {prefix}")
+        elif snapshot and snapshot["step"] == index:
+            resume_epoch = snapshot["epoch"] + 1
+            steps_per_epoch = len(train_split.subset(recipe.train_limit)) // recipe.batch_size
+            lr_offset = resume_epoch * steps_per_epoch
+            student.load_weights(snapshot["weights"])
+            _atomic_write_text(out / "snapshot_start.json", json.dumps(snapshot, indent=2))
+            print(f"no checkpoint in {out}: continuing from the committed snapshot {snapshot['folder']} "
+                  f"(step {index}, after epoch {resume_epoch} of {step.epochs}, weights sha256 "
+                  f"{snapshot['sha256'][:16]}...) with a fresh optimizer state: the learning-rate schedule "
+                  f"continues at its position, the optimizer's moments start from zero")
         elif previous is not None:
             student.load_weights(str(previous))  # step 2 starts from every tensor of step 1
         elif recipe.init_weights:
@@ -584,7 +721,8 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
             (out / "init_weights.json").write_text(json.dumps(
                 {"init_weights": recipe.init_weights, "file": str(loaded), "sha256": digest}, indent=2) + "\n")
             print(f"step {index} starts from {recipe.model} weights {recipe.init_weights!r} ({loaded}, sha256 {digest[:16]}...)")
-        fit_step(student, step, index, train_split, test_split, out, recipe, strategy, teacher, resume_epoch, prefix)
+        fit_step(student, step, index, train_split, test_split, out, recipe, strategy, teacher, resume_epoch, prefix,
+                 lr_offset)
         save_weights_atomic(student, weights_path)
         previous = weights_path
     if previous is None:
