@@ -673,6 +673,8 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     snapshot = None
     if resume and state is None and recipe.snapshot_dir():
         snapshot = read_snapshot(recipe.snapshot_dir(), recipe)  # validated before any work
+    if resume and state is None and snapshot is None:
+        print(f"--resume: {out} holds no checkpoint and the recipe no snapshot to continue; starting a new run")
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(out / "recipe.json", recipe.to_json())
     strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
