@@ -379,3 +379,18 @@ def test_resume_from_a_committed_snapshot_when_the_run_folder_is_gone(folder, tm
     with pytest.raises(ValueError, match="sha256"):
         trainer.train(recipe, tmp_path / "fourth", resume=True)
     assert not (tmp_path / "fourth").exists()  # checked before any work
+
+
+def test_schedule_record_pins_the_teachers_weights(tmp_path):
+    from larq_esbnn import weights as weights_lib
+
+    def record(teacher):
+        return trainer.schedule_record(Recipe(model="resnet20", data="x", teacher=teacher,
+                                              steps=[Step(epochs=1, lr=1e-3)]))
+
+    shipped = weights_lib.resolve("resnet20_fp", "cifar10")[0]
+    assert record("resnet20_fp.cifar10")["teacher_sha256"] == weights_lib.sha256_file(shipped)
+    other = tmp_path / "teacher.h5"
+    other.write_bytes(b"other teacher weights")
+    assert record(f"resnet20_fp:{other}")["teacher_sha256"] == hashlib.sha256(b"other teacher weights").hexdigest()
+    assert record("")["teacher_sha256"] is None

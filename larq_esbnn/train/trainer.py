@@ -568,14 +568,32 @@ def _step_args(model_name, step):
 SNAPSHOT_FILES = ("weights.h5", "position.json", "history.csv")
 
 
+def teacher_sha256(spec):
+    """sha256 of the weights file a ``teacher`` spec names (a file, ``MODEL.TAG`` or
+    ``MODEL:FILE``), or None (no teacher, ``keras:`` teachers, unresolvable specs)."""
+    if not spec or spec.startswith("keras:"):
+        return None
+    if os.path.isfile(spec):
+        return weights_lib.sha256_file(spec)
+    name, sep, path = spec.partition(":")
+    if not sep:
+        name, sep, path = spec.partition(".")
+    try:
+        return weights_lib.sha256_file(weights_lib.resolve(name, path, progress=False)[0])
+    except (weights_lib.WeightsError, OSError, ValueError):
+        return None
+
+
 def schedule_record(recipe):
     """What a snapshot's position is measured against: the model, its arguments, the
-    data and every setting that shapes the schedule (a snapshot of another schedule
-    must not be continued with this one)."""
+    data and every setting that shapes the schedule, the teacher's weights included (a
+    tag such as ``resnet20_fp.cifar10`` may later name better weights: a snapshot of
+    another schedule or teacher must not be continued with this one)."""
     return {
         "model": recipe.model, "model_args": recipe.model_args, "image_size": recipe.image_size,
         "batch_size": recipe.batch_size, "seed": recipe.seed, "train_limit": recipe.train_limit,
-        "teacher": recipe.teacher, "distill_weight": recipe.distill_weight,
+        "teacher": recipe.teacher, "teacher_sha256": teacher_sha256(recipe.teacher),
+        "distill_weight": recipe.distill_weight,
         "label_smoothing": recipe.label_smoothing, "init_weights": recipe.init_weights,
         "steps": [dataclasses.asdict(s) for s in recipe.steps],
     }

@@ -5,7 +5,8 @@
 #
 # COMMIT (default HEAD) is checked out as a git worktree under the cache folder with
 # its own virtualenv, so edits to the working tree cannot reach a running job. Each
-# lane of LANES (default "resnet20_fp es_resnet20") is "MODEL[,MODEL...][:THREADS[:NICE]]":
+# lane of LANES (default "resnet20_fp es_resnet20") is "MODEL[,MODEL...][:THREADS[:NICE]]"
+# (NICE: the lane's scheduler-autogroup nice value, 0-19, lower runs first):
 # its models train one after the other, each with
 #   larq-esbnn train MODEL --recipe <its campaign recipe> --output RUNS/MODEL --resume
 # which continues RUNS/MODEL from its last checkpoint, or, when that folder is gone,
@@ -37,6 +38,9 @@ for lane in ${LANES:-resnet20_fp es_resnet20}; do
     done
     cd "$tree"
     LARQ_ESBNN_QUIET=1 TF_NUM_INTRAOP_THREADS=${threads:-1} TF_NUM_INTEROP_THREADS=1 \
-        setsid nohup nice -n "${niceness:-0}" bash -c "$script" > /dev/null 2>&1 < /dev/null &
+        setsid nohup bash -c "$script" > /dev/null 2>&1 < /dev/null &
+    # setsid starts a new scheduler autogroup: its nice value, not the processes' own,
+    # decides how the CPU is shared with the other sessions' processes
+    echo "${niceness:-0}" > "/proc/$!/autogroup" 2>/dev/null || renice -n "${niceness:-0}" -p $! > /dev/null
     echo "lane $models: ${threads:-1} thread(s), nice ${niceness:-0}, code $commit, runs in $runs"
 done
