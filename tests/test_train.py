@@ -394,3 +394,15 @@ def test_schedule_record_pins_the_teachers_weights(tmp_path):
     other.write_bytes(b"other teacher weights")
     assert record(f"resnet20_fp:{other}")["teacher_sha256"] == hashlib.sha256(b"other teacher weights").hexdigest()
     assert record("")["teacher_sha256"] is None
+
+
+def test_every_shipped_recipe_loads_and_campaign_recipes_name_their_snapshots():
+    root = pathlib.Path(__file__).resolve().parents[1] / "training"
+    recipes = sorted(root.rglob("*.toml"))
+    assert len(recipes) >= 10
+    for path in recipes:
+        Recipe.load(path)  # raises on unknown keys or bad values
+    campaign = Recipe.load(root / "cifar10_campaign" / "binary.toml")
+    campaign.model = "es_resnet20"  # as `train es_resnet20 --recipe ...` does
+    assert campaign.snapshot_dir() == str(root / "cifar10_campaign" / "snapshots" / "es_resnet20")
+    assert sum(s.epochs for s in campaign.steps) >= 100
