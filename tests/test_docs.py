@@ -102,3 +102,12 @@ def test_python_blocks_run(reader_folder, capsys):
             done.add(code)
     assert len(done) >= 6
     assert "LceBconv2d: 18 found, 18 expected -> OK" in capsys.readouterr().out
+
+
+def test_readme_model_table_is_the_generated_one():
+    """The README's table (between the markers zoo/make_model_table.py --write fills)
+    is zoo/models.md, the table the docs site shows."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("\n", readme.index("<!-- model table: start")) + 1
+    end = readme.index("<!-- model table: end -->")
+    assert readme[start:end].strip() == (ROOT / "zoo" / "models.md").read_text().strip()
