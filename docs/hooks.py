@@ -6,6 +6,9 @@
   links between those files keep working.
 * ``cli.md`` is generated from the argparse parser of ``larq_esbnn.cli`` on every
   build: one section per sub-command with its ``--help`` text.
+* Each API page must document the objects a reader looks for (``API_EXPECTED``): if
+  code moves and a module re-exports it without listing it in ``__all__``, mkdocstrings
+  treats it as an import and leaves it out silently; this check fails the build instead.
 """
 
 import argparse
@@ -14,6 +17,7 @@ import io
 import os
 import pathlib
 
+from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
@@ -28,6 +32,16 @@ REPO_FILES = [
 ]
 
 HELP_WIDTH = "100"
+
+# objects each API page must show (a few per module, not the full list)
+API_EXPECTED = {
+    "api/quantizers.md": ["ScaledBinaryWeight", "CentredBinaryWeight", "TemperatureBinaryWeight"],
+    "api/layers.md": ["LearnableBias", "RSign", "RPReLU", "BinaryConv2D", "ChannelTile"],
+    "api/blocks.md": ["BlockConfig", "reactnet_block", "basic_layer", "mlp_block", "bnext_unit"],
+    "api/models.md": ["get", "names", "reactnet_a", "es_reactnet_a", "bcdnet_a", "resnet20.resnet20"],
+    "api/report.md": ["summary", "capacity"],
+    "api/export.md": ["export_tflite", "check_export", "optimize_for_inference", "benchmark"],
+}
 
 
 def _subcommands(parser, prefix):
@@ -87,3 +101,16 @@ def on_files(files, config):
                 files.append(File(src_uri, str(ROOT), config.site_dir, config.use_directory_urls))
     files.append(File.generated(config, "cli.md", content=render_cli()))
     return files
+
+
+def on_page_content(html, page, config, files):
+    expected = API_EXPECTED.get(page.file.src_uri, [])
+    module = page.file.src_uri[len("api/"):-len(".md")]
+    missing = [name for name in expected if f'id="larq_esbnn.{module}.{name}"' not in html]
+    if missing:
+        raise PluginError(
+            f"{page.file.src_uri}: larq_esbnn.{module} documents no {', '.join(missing)}. "
+            "If they moved to another module, import them here and list them in __all__ "
+            "(mkdocstrings shows imported names only when __all__ lists them)."
+        )
+    return html
