@@ -6,7 +6,8 @@ Sphinx, shown through Markdown.
   ``\\( ... \\)`` for a browser-side renderer). ``pymdownx.arithmatex`` treats an
   escaped backslash as text, and Markdown would then apply emphasis and escapes inside
   the formula. The doubled backslash before a delimiter becomes a single one, so
-  arithmatex protects the formula and KaTeX renders it.
+  arithmatex protects the formula and KaTeX renders it. A display formula on lines of
+  its own gets blank lines around it, which arithmatex needs to see it as a block.
 * Sphinx roles. ``:class:`~pkg.mod.Name``` and the like become the code span
   ``Name`` (the name as Sphinx would print it).
 
@@ -18,6 +19,8 @@ import re
 import griffe
 
 _DELIMITER = re.compile(r"\\\\([()\[\]])")
+_OPEN_BLOCK = re.compile(r"(?m)(\S[ \t]*\n)([ \t]*\\\[[ \t]*)$")
+_CLOSE_BLOCK = re.compile(r"(?m)^([ \t]*\\\][ \t]*\n)(?=[ \t]*\S)")
 _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj):`(?P<tilde>~?)(?P<target>[^`]+)`")
 
 
@@ -28,7 +31,9 @@ def _role(match):
 
 def clean(text):
     """``text`` with the math delimiters un-escaped and Sphinx roles as code spans."""
-    return _ROLE.sub(_role, _DELIMITER.sub(r"\\\1", text))
+    text = _DELIMITER.sub(r"\\\1", text)
+    text = _CLOSE_BLOCK.sub(r"\1\n", _OPEN_BLOCK.sub(r"\1\n\2", text))
+    return _ROLE.sub(_role, text)
 
 
 class DocstringMarkdown(griffe.Extension):
