@@ -2,7 +2,9 @@
 OPs and memory at the default input size (counted by larq_esbnn.report), CIFAR-10
 top-1 of the shipped ``cifar10`` weights (the figure registered in
 larq_esbnn/weights.py, measured here), ImageNet top-1 as reported by the papers. Counts are cached in zoo/model_counts.json (--recount refreshes them).
-Run: python zoo/make_model_table.py > zoo/models.md
+Run: python zoo/make_model_table.py > zoo/models.md, or with --write, which also replaces
+the table between the README's ``<!-- model table: start ... -->`` and
+``<!-- model table: end -->`` markers (zoo/models.md is the docs site's copy).
 """
 
 import json
@@ -12,6 +14,9 @@ import sys
 from tqdm import tqdm
 
 from larq_esbnn import models, report, weights
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+START, END = "<!-- model table: start", "<!-- model table: end -->"
 
 # ImageNet top-1 (%) as printed in the papers (not measured here).
 REPORTED = {
@@ -51,7 +56,22 @@ def main():
             f"{s['flops'] / 1e8:.3f}e8 | {s['ops'] / 1e8:.3f}e8 | {s['memory_bytes'] / 2**20:.2f} MiB | "
             f"{top1} | {REPORTED.get(name, '-')} |"
         )
-    print("\n".join(lines))
+    table = "\n".join(lines)
+    if "--write" in sys.argv:
+        write(table)
+    else:
+        print(table)
+
+
+def write(table):
+    """Put ``table`` into zoo/models.md and between the README's markers."""
+    (ROOT / "zoo" / "models.md").write_text(table + "\n")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start = text.index(START)
+    start = text.index("\n", start) + 1
+    end = text.index(END, start)
+    readme.write_text(text[:start] + table + "\n" + text[end:])
 
 
 if __name__ == "__main__":
