@@ -1,6 +1,6 @@
 """Side-by-side LCE latency of the zoo's ImageNet models and three reference models.
 
-    /work/venv/bin/python benchmarks/benchmark_lce.py --threads 1 --runs 40
+    python benchmarks/benchmark_lce.py --threads 1 --runs 40
 
 Converts reactnet_a, es_reactnet_a, bcdnet_a, bcdnet_b, reactnet_18, bnext_t, es_bnext_t (random
 weights, 224x224, after ``optimize_for_inference``), larq-zoo QuickNet (LCE) and

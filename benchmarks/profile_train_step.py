@@ -14,7 +14,7 @@ of every executed TF op. Prints two tables per model:
 
 Op time is summed over the executor threads, so it can exceed wall time when two
 ops run at once; shares are what to read. ``--plain`` profiles the plain Keras
-path (``BNNTrainer(fast=False)``), the default is the path ``larq-esbnn train`` uses.
+path (``BNNTrainer(fused_training=False)``), the default is the path ``larq-esbnn train`` uses.
 """
 
 import argparse
@@ -80,7 +80,7 @@ def layer_of(op, model):
 
 def profile(name, batch_size, steps, fast):
     model = models.get(name)
-    trainer = BNNTrainer(model, fast=fast)
+    trainer = BNNTrainer(model, fused_training=fast)
     trainer.compile(optimizer=tf.keras.optimizers.AdamW(1e-4))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch_size, 32, 32, 3), np.float32)

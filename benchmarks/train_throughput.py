@@ -21,7 +21,7 @@ Rows:
   written with stock larq layers only (``QuantConv2D`` with ste_sign, BN, no RSign /
   RPReLU / symmetric padding) and trained with plain ``model.compile`` +
   ``model.fit`` (no XLA).
-- each zoo MODEL twice: ``plain`` = ``BNNTrainer(fast=False)`` (plain Keras ops)
+- each zoo MODEL twice: ``plain`` = ``BNNTrainer(fused_training=False)`` (plain Keras ops)
   and ``fused`` = ``BNNTrainer()`` (the default training path).
 - ``--large`` models at their 224 px input with batch ``--large-batch``.
 - with ``--data`` (an image folder, e.g. ../shared/datasets/cifar10), the input
@@ -88,7 +88,7 @@ class Row:
         else:
             size = models.entry(name).input_size
             student = models.get(name)
-            self.model = BNNTrainer(student, fast=(path == "fused"))
+            self.model = BNNTrainer(student, fused_training=(path == "fused"))
             self.model.compile(optimizer=tf.keras.optimizers.AdamW(1e-4))
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch_size, size, size, 3), np.float32)

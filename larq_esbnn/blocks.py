@@ -1,7 +1,7 @@
 """Every block of the zoo, written once with ES (``tau``) and G (``groups``) as arguments.
 
 With ``tau = groups = 1`` each block is exactly the plain ReActNet / BCDNet block.
-Expanding-and-shrinking (spec section 5): the real-valued stream (residuals, BN,
+Expanding-and-shrinking (ES-BNN, Shi et al., 2025): the real-valued stream (residuals, BN,
 RPReLU, LearnableBias) is ``tau * groups`` times wider than the logical width C;
 each binary conv shrinks to ``C_out / tau`` outputs (``C_out / (tau g)`` per
 group) and its output is tiled ``tau^2 g`` times back to the stream width, so
@@ -145,7 +145,7 @@ def _add_beta(y, beta, name):
 
 
 def reactnet_block(x, out_channels, strides, cfg, name):
-    """ReActNet-A block (MobileNet-V1 shaped), spec section 2 / 5.3.
+    """ReActNet-A block (MobileNet-V1 shaped; ReActNet, Liu et al., ECCV 2020), with ES as in ES-ReActNet-A.
 
     Part 1: RSign -> binary 3x3 C_in -> C_in (stride s) -> BN, + x (AvgPool 2x2
     at stride 2) -> RPReLU. Part 2: RSign -> binary 1x1 C_in -> C_out -> BN, + part
@@ -219,7 +219,9 @@ def real_basic_block(x, out_channels, strides, cfg, name):
 
 
 def mlp_block(x, cfg, name, long_shift=None, point_only=False):
-    """BCDNet binary MLP block (spec 4.1): token-wise binary FCs on shifted tokens.
+    """BCDNet's long-short range binary MLP block ("Towards Accurate Binary Neural
+    Networks via Modeling Contextual Dependencies", Xing et al., ECCV 2022):
+    token-wise binary FCs on shifted tokens.
 
     RSign -> three binary 1x1 convs C -> C on B, shift(B, 1) and shift(B, d) ->
     sum -> BN -> + x -> RPReLU, with ``d = H // 2`` unless given. ``point_only``
@@ -297,6 +299,15 @@ def resnet_stages(x, widths, layers_per_stage, cfg, name="l", first_strides=1, s
             x = basic_layer(x, width, strides, cfg, f"{name}{i}")
             i += 1
     return x
+
+
+def mobilenet_stem(x, cfg):
+    """3x3/2 real conv (3 -> 32) and BN, padded symmetrically as in PyTorch, then
+    ES tiling: the stem of ReActNet-A and BCDNet-A."""
+    x = layers.ZeroPadding2D(1, name="stem_pad")(x)
+    x = layers.Conv2D(32, 3, strides=2, use_bias=False, name="stem_conv")(x)
+    x = cfg.bn("stem_bn")(x)
+    return stem_tile(x, cfg)
 
 
 def resnet18_stem(x, cfg):
@@ -382,7 +393,8 @@ def vit_ffn(h2, ratio, cfg, name):
     \\(u = \mathrm{RPReLU}(\mathrm{BN}(\mathrm{Lin}_1(h_2 + s_1)) + \mathrm{tile}_r(h_2))\\),
     \\(v = \mathrm{LayerScale}(\mathrm{RPReLU}(\mathrm{BN}(\mathrm{Lin}_2(u + s_2)) + \mathrm{avgpool}_r(u)))\\).
 
-    ES (*inferred*, spec D "Where ES goes"): the input is tiled tau times (tau C,
+    ES (*inferred* from ES-BNN's remark that ES carries over to Transformers by
+    widening the FFN): the input is tiled tau times (tau C,
     one shift per copy, so the sign applies tau thresholds to each value);
     Lin1 maps tau C -> rC / tau and is tiled tau^2 times (hidden stream r tau C);
     Lin2 maps r tau C -> C / tau. The block returns to C channels before the
@@ -430,7 +442,7 @@ def _axis_pool(x, k, axis, name):
 
 
 def vit_block(x, heads, reduction, ratio, cfg, name, pool_branches=(3, 5)):
-    r"""One pre-norm BinaryViT block (spec D):
+    r"""One pre-norm BinaryViT block (Le & Li, CVPRW 2023):
 
     \\(x \leftarrow x + \mathrm{Attn}(\mathrm{BN}(x))\\), then with
     \\(h_2 = \mathrm{BN}(x)\\):
@@ -600,7 +612,7 @@ def bnext_unit(x, kind, kernel_size, strides, cfg, name, temperature=0.0, unused
 
 
 def bnext_block(x, out_channels, strides, attention, cfg, name, temperature=0.0, unused_weights=True):
-    """BNext block C_in -> C_out (C_out = C_in or 2 C_in), spec A3.
+    """BNext block C_in -> C_out (C_out = C_in or 2 C_in), as the BNext release's ``src/bnext.py`` builds it.
 
     A 3x3 unit (ELM attention if ``attention`` else FFN_3x3) at ``strides``, then
     one 1x1 FFN unit, or for C_out = 2 C_in two parallel 1x1 FFN units

@@ -51,7 +51,9 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from larq_esbnn import models
 from larq_esbnn.models.common import walk_layers
+from larq_esbnn.util import IMAGENET_MEAN, IMAGENET_STD, decode_image
 
 BCONV_OP = "LceBconv2d"
 REFERENCE_MODELS = ("quicknet", "mobilenet_v2", "resnet50")
@@ -61,8 +63,8 @@ _REFERENCE_DESCRIPTIONS = {
     "resnet50": "Keras ResNet50 (float32, plain TFLite)",
 }
 # ImageNet mean / std in 0..255 units: the input convention of the zoo's checkpoints
-_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
-_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
+_MEAN = np.array(IMAGENET_MEAN, np.float32) * 255.0
+_STD = np.array(IMAGENET_STD, np.float32) * 255.0
 
 
 # --------------------------------------------------------------------------- export
@@ -492,7 +494,7 @@ def agreement(model, images, labels=None, fb=None, num_threads=1, atol=1e-4):
 
 def load_images(path, limit=100, size=None):
     """Up to ``limit`` images from ``DIR/<class>/*.jpg`` or a ``.tar.gz`` of that layout
-    (e.g. ``/work/shared/datasets/cifar10/test.tar.gz``), taken round-robin over the
+    (e.g. the CIFAR-10 ``test.tar.gz`` that ``larq-esbnn train --data`` also reads), taken round-robin over the
     sorted class folders; resized to ``size`` if given and normalised with the
     ImageNet mean/std in 0..255 units. Returns ``(images, labels, class_names)``."""
     path = pathlib.Path(path)
@@ -524,7 +526,7 @@ def load_images(path, limit=100, size=None):
     images = []
     for item, _ in chosen:
         data = archive.extractfile(item).read() if archive is not None else item()
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = decode_image(data)
         if size is not None:
             image = tf.image.resize(image, (size, size))
         images.append(image.numpy().astype(np.float32))
@@ -558,8 +560,6 @@ def build_benchmark_model(name, input_size=None, **kwargs):
         app = {"mobilenet_v2": tf.keras.applications.MobileNetV2,
                "resnet50": tf.keras.applications.ResNet50}[name]
         return app(input_shape=shape, weights=None), export_float_tflite
-    from larq_esbnn import models
-
     entry = models.entry(name)
     size = input_size or entry.input_size
     model = models.get(name, input_shape=(size, size, 3), **kwargs)
@@ -673,8 +673,6 @@ def _positive(value):
 
 
 def _cmd_export(args):
-    from larq_esbnn import models
-
     entry = models.entry(args.model)
     size = args.input_size or entry.input_size
     model = models.get(
@@ -704,8 +702,6 @@ def _cmd_export(args):
 
 
 def _cmd_benchmark(args):
-    from larq_esbnn import models
-
     for name in args.models:
         if name not in REFERENCE_MODELS:
             models.entry(name)  # clear error for unknown names before converting anything

@@ -24,7 +24,9 @@ from collections import namedtuple
 
 import numpy as np
 
+from larq_esbnn import models
 from larq_esbnn import weights as weights_lib
+from larq_esbnn.util import decode_image
 
 Prediction = namedtuple("Prediction", ["index", "label", "name", "probability"])
 
@@ -60,7 +62,7 @@ def load_image(path, prep):
 
     try:
         raw = tf.io.read_file(str(path))
-        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+        image = decode_image(raw)
     except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as err:
         raise ValueError(f"cannot read image {path}: {err.message.splitlines()[0]}") from None
     image = tf.cast(image, tf.float32)
@@ -107,8 +109,6 @@ def predict(model_name, weights, images, top=5, dataset=None, model=None, **mode
     """
     import tensorflow as tf
 
-    from larq_esbnn import models
-
     if isinstance(images, (str, pathlib.Path)):
         images = [images]
     if not images:
@@ -146,8 +146,6 @@ def add_commands(subparsers):
 
 
 def _cli_predict(args):
-    from larq_esbnn import models
-
     models.entry(args.model)  # unknown model -> error listing the models
     prep = preprocessing_for(args.model, args.weights, args.dataset)
     results = predict(args.model, args.weights, args.images, top=args.top, dataset=args.dataset)

@@ -28,24 +28,26 @@ _register = tf.keras.utils.register_keras_serializable(package="larq_esbnn")
 # the stream (the cost that dominates a CPU training step, see
 # benchmarks/README.md). Their forward values equal the plain layers' bit for bit
 # and their gradients agree to float rounding (tests/test_train.py). Inference
-# (``training=False``, export, reports) always runs the plain graph.
-_FUSED = {"enabled": True}
+# (``training=False``, export, reports) always runs the plain graph. One name
+# throughout: ``fused_training`` (this switch, the recipe key, the argument of
+# ``train.trainer.BNNTrainer``); ``larq-esbnn train --plain-training`` turns it off.
+_FUSED_TRAINING = {"enabled": True}
 
 
 @contextmanager
-def plain_training():
+def no_fused_training():
     """Trace training graphs with the plain Keras ops (for debugging and tests)."""
-    before = _FUSED["enabled"]
-    _FUSED["enabled"] = False
+    before = _FUSED_TRAINING["enabled"]
+    _FUSED_TRAINING["enabled"] = False
     try:
         yield
     finally:
-        _FUSED["enabled"] = before
+        _FUSED_TRAINING["enabled"] = before
 
 
 def fused_training(training):
     """True when a layer called with ``training`` should take the fused path."""
-    return bool(training) and _FUSED["enabled"]
+    return bool(training) and _FUSED_TRAINING["enabled"]
 
 
 @_register
@@ -71,7 +73,9 @@ class RSign(LearnableBias):
     Backward (Bi-Real polynomial): \\(\partial y / \partial x = 2 - 2|x + b|\\) on
     \\(|x + b| \le 1\\), else 0. Inside the zoo the sign is applied as the input
     quantizer of :class:`BinaryConv2D` after a :class:`LearnableBias`, which is
-    the same function and the form LCE turns into a binary conv.
+    the same function and the form LCE turns into a binary conv. This layer is
+    kept for blocks written outside the zoo that binarise a tensor on its own
+    (``report`` counts its output as binary).
     """
 
     def call(self, inputs, training=None):

@@ -81,10 +81,6 @@ def approx_sign_train(x):
     return out, grad
 
 
-def get_activation_quantizer():
-    return lq.quantizers.get(ACTIVATION_QUANTIZER)
-
-
 @tf.custom_gradient
 def centred_binary_weight(w):
     r"""BinaryViT's linear weights: centre each output row, then sign, times mean|W|.

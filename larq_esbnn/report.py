@@ -1,7 +1,7 @@
 """Operation, parameter, memory and representation-capacity reports.
 
-Counting conventions (spec section 7 and BCDNet Table 1)
--------------------------------------------------------
+Counting conventions (those of the ES-BNN and BCDNet papers; BCDNet Table 1)
+----------------------------------------------------------------------------
 ``convention="default"`` counts multiply-accumulates (MACs) only:
 
 * BOPs: MACs of a conv / dense layer whose input *and* kernel are binary
@@ -62,6 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_esbnn import layers as zl
+from larq_esbnn import models
 
 CONVENTIONS = ("default", "paper-extended")
 
@@ -721,8 +722,6 @@ def plot_capacity(rows_by_model, path):
 
 
 def _build(name, input_size=None, weights=None):
-    from larq_esbnn import models
-
     kwargs = {}
     if input_size is not None:
         if input_size < 1:
@@ -737,8 +736,6 @@ def _build(name, input_size=None, weights=None):
 
 
 def _cmd_models(args):
-    from larq_esbnn import models
-
     rows = []
     for name in models.names(args.pattern):
         e = models.entry(name)

@@ -2,8 +2,9 @@
 
 Supported: ``reactnet_a`` (ReActNet release, MobileNet), ``reactnet_18``
 (ReActNet release, ResNet-18), ``es_reactnet_a`` (Rep-ReActNet release, tau=2)
-and ``bcdnet_a`` (BCDNet release). ``/work/shared/specs/torch_state_dicts/``
-lists every released tensor name and shape.
+and ``bcdnet_a`` (BCDNet release); ``bnext_t`` and ``es_bnext_t`` (below).
+``tests/test_torch_import.py`` and ``tests/test_bnext.py`` build the released
+tensor names and shapes and check every rule against them.
 
     model = convert_checkpoint("reactnet_a", "checkpoint.pth.tar")
     larq-esbnn import-torch reactnet_a checkpoint.pth.tar -o reactnet_a.h5
@@ -63,7 +64,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from larq_esbnn import registry
+from larq_esbnn.layers import BinaryConv2D
 from larq_esbnn.quantizers import TEMPERATURE_BINARY_THRESHOLD
+from larq_esbnn.util import sha256_file
 
 SUPPORTED = {
     "reactnet_a": "ReActNet release (MobileNet, step 2)",
@@ -270,8 +274,6 @@ class _Source:
 
 def _convert_layer(src, layer, kind, prefix):
     """Torch tensors -> the list of values for ``layer.get_weights()``."""
-    from larq_esbnn.layers import BinaryConv2D
-
     binary = isinstance(layer, BinaryConv2D)
     shapes = [tuple(w.shape) for w in layer.weights]
     name = layer.name
@@ -471,8 +473,6 @@ def convert_checkpoint(model_name, checkpoint_path_or_state_dict, return_unused=
     which gives ``(model, unused)``; ``return_report=True`` gives
     ``(model, ImportReport)`` (unused tensors and latent weights that are exactly 0).
     """
-    from larq_esbnn import models
-
     if model_name not in SUPPORTED:
         raise ValueError(f"unsupported model {model_name!r} for torch import; supported: {', '.join(SUPPORTED)}")
     state = load_state_dict(checkpoint_path_or_state_dict)
@@ -482,7 +482,7 @@ def convert_checkpoint(model_name, checkpoint_path_or_state_dict, return_unused=
     if model_name in BNEXT_MODELS and model_kwargs.get("num_classes", 1000) != 1000:
         # the release's stem has stride 1 whenever num_classes != 1000
         model_kwargs.setdefault("stem_strides", 1)
-    model = models.get(model_name, **model_kwargs)
+    model = registry.get(model_name, **model_kwargs)
     per_repeat = model_kwargs.get("shift_blocks", 3) + model_kwargs.get("point_blocks", 1)
     report = import_state_dict(model, model_name, state, per_repeat, require_binary)
     unused = report.unused
@@ -512,8 +512,6 @@ def add_commands(subparsers):
 
 
 def _cli_import(args):
-    from larq_esbnn.weights import sha256_file
-
     if not args.output.endswith(".h5"):
         raise ValueError(f"output must end in .h5 (Keras HDF5 weights), got {args.output!r}")
     try:

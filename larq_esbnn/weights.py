@@ -9,26 +9,26 @@ import-torch`` writes the same format).
 
 Adding weights to the registry
 ------------------------------
-Append ONE line to ``_ENTRIES`` below, e.g. for a file shipped in the package
-(put the file in ``larq_esbnn/pretrained/``; ``sha256sum`` gives the hash)::
-
-    WeightsEntry("es_resnet20", "cifar10", "es_resnet20_cifar10.h5", "<sha256>",
-                 source="trained by this project (training/es_resnet20.yaml)",
-                 metric="CIFAR-10 test top-1 xx.x %"),
-
-or, for a file on a server, add ``url="https://..."``. Rules: never list a file
-that does not exist (a shipped file must be in ``pretrained/`` with that hash,
-which ``verify_registry()`` and the tests check; a URL entry only after
-``larq-esbnn weights fetch MODEL TAG`` succeeded once); ``include_top=False``
-marks a file saved without the classification head.
+A CIFAR-10 file trained here is a record in ``larq_esbnn/pretrained/trained_here.json``
+(model, sha256, top-1, recipe) with the file beside it as
+``larq_esbnn/pretrained/<model>_cifar10.h5``; ``python zoo/collect_cifar10.py
+RUNS --ship`` (and ``zoo/continue_cifar10.py``) copies the file and writes the
+record, so shipping needs no edit here. Any other file is a
+:class:`WeightsEntry` that its model's family module passes to
+:func:`register_weights`; for a file on a server, give ``url="https://..."``. Rules: never list a file that does not exist (a shipped
+file must be in ``pretrained/`` with that hash, which ``verify_registry()`` and
+the tests check; a URL entry only after ``larq-esbnn weights fetch MODEL TAG``
+succeeded once); ``include_top=False`` marks a file saved without the
+classification head.
 
 External entries (``kind == "external"``): the authors' ImageNet checkpoints
 sit behind links that need a browser (Google Drive, university file servers),
 so they are registered with their official page, file name, container and
 reported top-1, and no hash (none has been verified). ``weights="imagenet"`` on
 such a model raises :class:`ExternalWeightsError`, which says where to download
-the file and the one call that uses it. Adding one is ONE line in
-``_EXTERNAL`` (see ``_released``); the model must have an importer rule in
+the file and the one call that uses it. Each is one :func:`released` record
+registered by the model's family module (``larq_esbnn/models/reactnet.py``,
+``bcdnet.py``, ``bnext.py``); the model must have an importer rule in
 :mod:`larq_esbnn.torch_import`.
 
 PyTorch checkpoints: ``weights=`` also accepts a downloaded ``.pth``,
@@ -53,24 +53,24 @@ cached file whose hash matches is used without touching the network.
 
 import hashlib
 import http.client
+import json
 import os
 import pathlib
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 
-CACHE_ENV = "LARQ_ESBNN_CACHE"
+from larq_esbnn import registry, torch_import, util
+from larq_esbnn.util import CACHE_ENV, IMAGENET_MEAN, IMAGENET_STD, sha256_file  # noqa: F401 (public here too)
+
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
 _CHUNK = 1 << 16
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -187,8 +187,7 @@ class ExternalWeights:
     page: str
     filename: str
     container: str
-    metric: str
-    source: str
+    paper: str
     preprocessing: Preprocessing = None
     link: str = ""
     note: str = ""
@@ -200,13 +199,21 @@ class ExternalWeights:
     shipped = False
 
     @property
+    def metric(self):
+        # the figure itself is registered once, with the model (``reported=`` in its family module)
+        top1 = registry.entry(self.model).reported_top1
+        return f"ImageNet top-1 {top1} % as reported by {self.paper}, not measured here"
+
+    @property
+    def source(self):
+        return f"{self.paper} release (PyTorch), converted on first use"
+
+    @property
     def location(self):
         return self.link or self.page
 
     def instructions(self, cache_dir=None):
         """The text of :class:`ExternalWeightsError`: where to download, and the one call."""
-        from larq_esbnn import torch_import
-
         where = f"{self.link} (linked from {self.page})" if self.link else self.page
         lines = [
             f"{self.model}: the {self.tag!r} weights ({self.metric}) cannot be downloaded by a "
@@ -216,7 +223,7 @@ class ExternalWeights:
         if self.model in torch_import.SUPPORTED:
             lines += [
                 "  2. use it in one call (converted once, then loaded from the cache "
-                f"{get_cache_dir(cache_dir)}):",
+                f"{util.cache_dir(cache_dir)}):",
                 f'       larq_esbnn.models.{self.model}(weights="/path/to/{_example_name(self.filename)}")',
                 f"     or: larq-esbnn predict {self.model} --weights /path/to/"
                 f"{_example_name(self.filename)} IMAGE.jpg",
@@ -237,7 +244,7 @@ def _example_name(filename):
 # float rounding into flipped signs: a pre-sign value within ~1e-6 of zero can
 # binarise differently under other kernels (instruction set, thread count), which
 # can flip a prediction. Seen: the shipped resnet20 gave 4,627 / 10,000 where it
-# was trained and 4,629 on a second x86 machine (issue 17); g_resnet20 gave 4,802
+# was trained and 4,629 on a second x86 machine; g_resnet20 gave 4,802
 # and 4,807 (5 images). Checks allow 0.1 points (10 of 10,000 test images), twice
 # the largest shift seen; compare counts with ``within_top1_tolerance``.
 TOP1_TOLERANCE = 0.001
@@ -251,7 +258,7 @@ def within_top1_tolerance(top1, registered, n=10000):
 
 def registered_top1(model, tag):
     """The top-1 (a fraction) written in the metric of a registered entry."""
-    metric = entry(model, tag).metric
+    metric = lookup(model, tag).metric
     found = re.search(r"top-1 ([\d.]+) %", metric)
     if not found:
         raise WeightsError(f"{model}.{tag}: the metric {metric!r} states no top-1")
@@ -266,52 +273,19 @@ def _trained_here(model, sha256, top1, recipe="resnet20_cifar10.toml"):
                         preprocessing=CIFAR10)
 
 
-def _released(model, page, filename, top1, paper, container, link="", note=""):
-    """An ImageNet checkpoint of the authors' release, to be downloaded by hand."""
-    return ExternalWeights(model, "imagenet", page, filename, container,
-                           metric=f"ImageNet top-1 {top1} % as reported by {paper}, not measured here",
-                           source=f"{paper} release (PyTorch), converted on first use",
+def released(model, page, filename, paper, container, link="", note=""):
+    """An ImageNet checkpoint of the authors' release, to be downloaded by hand
+    (registered by the model's family module, see :func:`register_weights`)."""
+    return ExternalWeights(model, "imagenet", page, filename, container, paper,
                            preprocessing=IMAGENET, link=link, note=note)
 
 
-_REACTNET_CONTAINER = "dict {'epoch', 'state_dict', 'best_top1_acc', 'optimizer'}, keys prefixed 'module.'"
-_BNEXT_CONTAINER = "dict {'epoch', 'state_dict', 'best_top1_acc', 'optimizer', ...}, keys prefixed 'module.'"
-
-# The authors' ImageNet checkpoints: one line each (see the module docstring).
-_EXTERNAL = [
-    _released("reactnet_a", "https://github.com/liuzechun/ReActNet", "checkpoint.pth.tar", "69.4",
-              "ReActNet (ECCV 2020)", _REACTNET_CONTAINER,
-              note="the README's model table links the MobileNet (ReActNet-A) file; "
-              "mobilenet/2_step2/train.py writes and resumes from checkpoint.pth.tar"),
-    _released("reactnet_18", "https://github.com/liuzechun/ReActNet", "checkpoint.pth.tar", "65.5",
-              "ReActNet (ECCV 2020)", _REACTNET_CONTAINER,
-              note="the README's model table links the ResNet-18 file (resnet/2_step2)"),
-    _released("es_reactnet_a", "https://github.com/imfinethanks/ESBNN", "checkpoint.pth.tar", "71.34",
-              "ES-BNN (Shi et al., 2025)", "as ReActNet: " + _REACTNET_CONTAINER,
-              note="the ES-ReActNet-A (tau=2) file of the authors' Rep-ReActNet release; the "
-              "repository README read for this entry (commit 972eecd) links only BNext-T and "
-              "ES-BNext-T, so the ES-ReActNet-A link was not verified"),
-    _released("bcdnet_a", "https://github.com/Sense-GVT/BCDNet", "the 'Step2: BCDNet-A' file", "71.8",
-              "BCDNet (ECCV 2022)", "dict {'model', 'optimizer', 'last_iter'}, keys prefixed 'module.'",
-              link="https://drive.google.com/file/d/12jL6SzBppXJry0fLq0AzhY1dYFVGyfp5/view?usp=sharing",
-              note="step 2 (binary weights and activations); the README also links step 1"),
-    _released("bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'BNext-T' file", "72.4",
-              "ES-BNN README (BNext-T)", _BNEXT_CONTAINER,
-              link="https://drive.google.com/file/d/1CJ0XOEhoHuNe-tDYJaAOd1j4YyNXuyas/view?usp=sharing"),
-    _released("es_bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'ES-BNext-T' file", "75.2",
-              "ES-BNN README (ES-BNext-T)", _BNEXT_CONTAINER,
-              link="https://pan.seu.edu.cn:443/link/F084D724533B054E64ED1FE9B8CC1459"),
-]
-
-
-# One line per weights file; see the module docstring.
-_ENTRIES = [
-    _trained_here("resnet20_fp", "0cf4c39e2d644d1ede7b206ea85bef5fffc409aea8fdb11d6ffc2ec6a3c6e4fa", "84.57", "resnet20_fp_cifar10.toml"),
-    _trained_here("resnet20", "c8ee6b40024a6e3e1c0ac313ec2ef4622cdc751a206404775add5a8368620b53", "65.10", "resnet20_cifar10_continue.toml"),
-    _trained_here("es_resnet20", "edcb6f3985ec5cec965c169daa0a5403aef23db5d353c1eb511c573b3afd2576", "67.15", "resnet20_cifar10_continue.toml"),
-    _trained_here("g_resnet20", "85b7bb77b035d45af45c729040d3d6e5617bc74e06c8610b70ed25e720f44510", "63.40", "resnet20_cifar10_continue.toml"),
-    _trained_here("es_g_resnet20", "fe2260405f4e0a66f9a70c5d24a2ad0780439b7f4e4ee2faae658e3b0e394eeb", "66.00", "resnet20_cifar10_continue.toml"),
-]
+# The CIFAR-10 weights trained here: one record each in pretrained/trained_here.json
+# (model, sha256, top-1, recipe), which ``--ship`` of zoo/collect_cifar10.py and
+# zoo/continue_cifar10.py rewrites; see the module docstring.
+TRAINED_HERE = PRETRAINED_DIR / "trained_here.json"
+_ENTRIES = [_trained_here(r["model"], r["sha256"], r["top1"], r["recipe"])
+            for r in json.loads(TRAINED_HERE.read_text())]
 
 
 def _build_registry(entries):
@@ -325,7 +299,17 @@ def _build_registry(entries):
     return registry
 
 
-_REGISTRY = _build_registry(_ENTRIES + _EXTERNAL)
+_REGISTRY = _build_registry(_ENTRIES)
+
+
+def register_weights(*entries):
+    """Add weights records to the registry. Each family module under
+    :mod:`larq_esbnn.models` registers the records of its models beside their
+    factories (the authors' checkpoints, :func:`released`)."""
+    for key, e in _build_registry(entries).items():
+        if key in _REGISTRY:
+            raise ValueError(f"weights entry {e.model}.{e.tag} is registered twice")
+        _REGISTRY[key] = e
 
 
 def registered(name=None):
@@ -341,8 +325,10 @@ def tags(name):
     return [e.tag for e in registered(name)]
 
 
-def entry(name, tag):
-    """The :class:`WeightsEntry` of ``name`` / ``tag``; unknown tags raise, listing the known ones."""
+def lookup(name, tag):
+    """The weights registered as ``name`` / ``tag`` (a :class:`WeightsEntry` or
+    :class:`ExternalWeights`); unknown tags raise, listing the known ones. (The
+    model itself is ``larq_esbnn.models.entry(name)``, a ``ModelEntry``.)"""
     e = _REGISTRY.get((name, tag))
     if e is None:
         known = tags(name)
@@ -382,21 +368,6 @@ def _shipped_path(e):
     return path
 
 
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def get_cache_dir(path=None):
-    """The cache directory: ``path``, else ``$LARQ_ESBNN_CACHE``, else ``~/.cache/larq_esbnn``."""
-    if path is None:
-        path = os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "larq_esbnn"
-    return pathlib.Path(path).expanduser()
-
-
 def _check_sha(sha256):
     if sha256 is None:
         return None
@@ -430,7 +401,7 @@ def fetch(url, sha256, cache_dir=None, filename=None, progress=True, timeout=60)
     sha256 = _check_sha(sha256)
     if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
         raise ValueError(f"fetch needs an http://, https:// or file:// URL, got {url!r}")
-    directory = get_cache_dir(cache_dir)
+    directory = util.cache_dir(cache_dir)
     if filename is None:
         filename = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
     if os.sep in filename or "/" in filename or filename in (".", ".."):
@@ -443,9 +414,8 @@ def fetch(url, sha256, cache_dir=None, filename=None, progress=True, timeout=60)
               file=sys.stderr)
     directory.mkdir(parents=True, exist_ok=True)
     expected = sha256 or "none given"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with util.atomic_path(target) as tmp:
+        with open(tmp, "wb") as out:
             actual, received, length = _download(url, out, filename, progress, timeout, expected)
         if length is not None and received < length:
             raise DownloadError(
@@ -458,11 +428,7 @@ def fetch(url, sha256, cache_dir=None, filename=None, progress=True, timeout=60)
                 f"sha256 mismatch for {url}: expected {sha256}, actual {actual}; "
                 f"nothing was written to {directory}"
             )
-        os.replace(tmp, target)
-        return target
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return target
 
 
 def _download(url, out, filename, progress, timeout, expected):
@@ -544,7 +510,7 @@ def resolve(name, weights, cache_dir=None, progress=True):
     if path.is_file():
         return path, None
     if os.sep not in weights and "/" not in weights and "." not in weights:
-        entry(name, weights)  # raises, listing the tags
+        lookup(name, weights)  # raises, listing the tags
     raise WeightsError(f"weights file not found: {weights!r} (not a registered tag of {name!r} either)")
 
 
@@ -683,13 +649,9 @@ def converted_checkpoint(model, name, checkpoint, cache_dir=None):
     checkpoint that does not fit raises :class:`WeightsError` naming the first
     missing or mismatched tensor.
     """
-    import json
-
-    from larq_esbnn import torch_import
-
     checkpoint = pathlib.Path(checkpoint)
     sha = sha256_file(checkpoint)
-    directory = get_cache_dir(cache_dir)
+    directory = util.cache_dir(cache_dir)
     target = directory / f"{name}-{sha}.h5"
     if target.is_file():
         return target
@@ -702,38 +664,19 @@ def converted_checkpoint(model, name, checkpoint, cache_dir=None):
         state = torch_import.load_state_dict(str(checkpoint))
         into = model
         if not any(layer.name == "head_fc" for layer in model.layers):
-            from larq_esbnn import models
-
             fc = state.get("fc.weight")
             extra = {"num_classes": int(fc.shape[0])} if fc is not None and fc.ndim == 2 else {}
-            into = models.get(name, input_shape=model.input_shape[1:], **extra)
+            into = registry.get(name, input_shape=model.input_shape[1:], **extra)
         report = torch_import.import_state_dict(into, name, state)
     except torch_import.CheckpointError as err:
         raise WeightsError(f"{checkpoint} is not a {name} checkpoint: {err}") from None
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.stem}.", suffix=".part.h5")
-    os.close(fd)
-    try:
+    with util.atomic_path(target, suffix=".part.h5") as tmp:
         into.save_weights(tmp)
-        os.replace(tmp, target)
-        info = {"checkpoint": str(checkpoint), "sha256": sha, "model": name, **report.as_dict()}
-        _atomic_text(target.with_suffix(".json"), json.dumps(info, indent=2))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    info = {"checkpoint": str(checkpoint), "sha256": sha, "model": name, **report.as_dict()}
+    util.atomic_write_text(target.with_suffix(".json"), json.dumps(info, indent=2))
     print(f"larq-esbnn: converted {checkpoint} -> {target}", file=sys.stderr)
     return target
-
-
-def _atomic_text(path, text):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------- CLI
@@ -752,14 +695,12 @@ def add_commands(subparsers):
 
 
 def _cli_weights(args):
-    from larq_esbnn import models
-
     rest = list(args.args)
     if rest and rest[0] == "fetch":
         if len(rest) != 3:
             raise ValueError(f"usage: larq-esbnn weights fetch MODEL TAG (got {' '.join(rest[1:]) or 'nothing'})")
-        models.entry(rest[1])
-        e = entry(rest[1], rest[2])
+        registry.entry(rest[1])
+        e = lookup(rest[1], rest[2])
         if e.kind == "external":
             raise ExternalWeightsError(e.instructions(args.cache_dir))
         path = _shipped_path(e) if e.shipped else fetch(e.url, e.sha256, args.cache_dir, e.filename)
@@ -769,7 +710,7 @@ def _cli_weights(args):
         raise ValueError(f"usage: larq-esbnn weights [MODEL] | weights fetch MODEL TAG (got {' '.join(rest)})")
     name = rest[0] if rest else None
     if name is not None:
-        models.entry(name)  # unknown model -> error listing the models
+        registry.entry(name)  # unknown model -> error listing the models
     entries = registered(name)
     if not entries:
         which = f"model {name!r}" if name else "any model"

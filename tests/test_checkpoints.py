@@ -53,7 +53,7 @@ def files(directory):
 
 def test_external_entries_name_page_file_container_and_top1():
     for name, top1 in EXTERNAL.items():
-        e = weights.entry(name, "imagenet")
+        e = weights.lookup(name, "imagenet")
         assert e.kind == "external" and e.sha256 is None and not e.shipped
         assert e.page.startswith("https://github.com/") and e.filename and e.container
         assert weights.registered_top1(name, "imagenet") == pytest.approx(float(top1) / 100)
@@ -66,7 +66,7 @@ def test_external_entries_name_page_file_container_and_top1():
 
 def test_imagenet_tag_raises_with_download_instructions(cache, capsys):
     for name in EXTERNAL:
-        e = weights.entry(name, "imagenet")
+        e = weights.lookup(name, "imagenet")
         with pytest.raises(ExternalWeightsError) as err:
             weights.resolve(name, "imagenet")
         msg = str(err.value)

@@ -23,7 +23,7 @@ def float64():
 def _both_paths(model, x, y):
     out = {}
     for fast in (True, False):
-        trainer = BNNTrainer(model, fast=fast)
+        trainer = BNNTrainer(model, fused_training=fast)
         per_example, logits, grads = tf.function(trainer.loss_and_gradients)(x, y)
         # None: a variable the loss does not reach (BCDNet's distillation head without a teacher)
         out[fast] = per_example.numpy(), logits.numpy(), [None if g is None else g.numpy() for g in grads]
@@ -112,7 +112,7 @@ def test_rprelu_inference_select_equals_the_plain_formula_bit_for_bit():
     x[0, 0, 0] = -b1  # t = 0 exactly
     layer.build(x.shape)
     layer.set_weights([b1, np.array([0.25, 1.7, -0.3, 0.0, 3.0, 1.0], np.float32), rng.standard_normal(6).astype(np.float32)])
-    with zl.plain_training():
+    with zl.no_fused_training():
         plain = layer(x, training=True).numpy()
     inference = layer(x, training=False).numpy()
     np.testing.assert_array_equal(inference, plain)
@@ -121,7 +121,7 @@ def test_rprelu_inference_select_equals_the_plain_formula_bit_for_bit():
 
 def test_plain_training_switch_and_default():
     assert zl.fused_training(True) and not zl.fused_training(False) and not zl.fused_training(None)
-    with zl.plain_training():
+    with zl.no_fused_training():
         assert not zl.fused_training(True)
     assert zl.fused_training(True)
-    assert BNNTrainer(models.get("resnet20")).fast  # larq-esbnn train's default
+    assert BNNTrainer(models.get("resnet20")).fused_training  # larq-esbnn train's default

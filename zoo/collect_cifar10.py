@@ -1,4 +1,4 @@
-"""Collect the CIFAR-10 ablation (issue 13) from its run folders.
+"""Collect the CIFAR-10 ablation (zoo/cifar10.md) from its run folders.
 
     python zoo/collect_cifar10.py [RUNS=runs/cifar10] [--ship] [--paired [--limit=N]]
         [--throughput benchmarks/results_train.md]
@@ -10,8 +10,8 @@ measured from the shipped ``resnet20_fp.cifar10`` weights on all 10,000 test
 images, without curve or timing). Writes zoo/cifar10_results.json, the tables
 into zoo/cifar10.md between its ``<!-- generated -->`` markers (the text around
 them is kept) and zoo/cifar10_curves.png (test top-1 and training loss per epoch). With --ship, copies the seed-0 weights of each model to
-larq_esbnn/pretrained/<model>_cifar10.h5 and prints the registry lines (sha256)
-for larq_esbnn/weights.py (later rounds of continued training ship with
+larq_esbnn/pretrained/<model>_cifar10.h5 and records them (sha256, top-1) in
+larq_esbnn/pretrained/trained_here.json (later rounds of continued training ship with
 zoo/continue_cifar10.py; --ship here would put their earlier weights back). ``--throughput`` reads the fused-path images/s of
 each variant from the training benchmark and adds the equal-wall-time axis:
 each variant's test top-1 after the epochs that fit the baseline's training time.
@@ -23,7 +23,6 @@ images only one of the two gets right. This measures the test-set sampling noise
 of a difference, not the spread between training seeds.
 """
 
-import hashlib
 import json
 import pathlib
 import shutil
@@ -109,14 +108,21 @@ def correct_cached(runs, model, weights, data, limit=None, sha256=None):
 
 
 def ship(weights_file, model, top1, recipe=None, comment=""):
-    """Copy a run's weights to larq_esbnn/pretrained/<model>_cifar10.h5 and print its
-    registry line for larq_esbnn/weights.py."""
+    """Copy a run's weights to larq_esbnn/pretrained/<model>_cifar10.h5 and write their
+    record (sha256, top-1, recipe) into larq_esbnn/pretrained/trained_here.json, which
+    the weights registry reads: ``<model>.cifar10`` names them from then on."""
+    from larq_esbnn import util
+
     dest = ROOT / "larq_esbnn" / "pretrained" / f"{model}_cifar10.h5"
-    dest.parent.mkdir(exist_ok=True)
     shutil.copyfile(weights_file, dest)
-    digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-    recipe_arg = f', "{recipe}"' if recipe else ""
-    print(f'    _trained_here("{model}", "{digest}", "{100 * top1:.2f}"{recipe_arg}),  # {comment}')
+    record = {"model": model, "sha256": util.sha256_file(dest), "top1": f"{100 * top1:.2f}",
+              "recipe": recipe or "resnet20_cifar10.toml"}
+    table = dest.parent / "trained_here.json"
+    records = json.loads(table.read_text())
+    at = next((i for i, r in enumerate(records) if r["model"] == model), len(records))
+    records[at:at + 1] = [record]
+    util.atomic_write_text(table, json.dumps(records, indent=2) + "\n")
+    print(f"shipped {model}.cifar10: top-1 {record['top1']} %, sha256 {record['sha256'][:16]}... ({comment})")
 
 
 PAIRED_HEADER = ["| run | vs | top-1 difference | 95 % paired bootstrap | only this run right | only the other right |",

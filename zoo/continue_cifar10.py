@@ -13,7 +13,7 @@ and its curves to zoo/cifar10<round>_curves.png. ``--paired`` predicts the test
 set with the weights before and after the round and compares image by image
 (each model with its own earlier weights, and each variant with the
 ``resnet20`` weights trained for as many epochs, before or after the round). ``--ship`` copies each run's weights to
-``larq_esbnn/pretrained/<model>_cifar10.h5`` and prints the registry lines; run
+``larq_esbnn/pretrained/<model>_cifar10.h5`` and records them in ``trained_here.json`` beside it; run
 ``--paired`` before (or with) ``--ship``, while the tag still names the earlier
 weights.
 """
@@ -26,9 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from collect_cifar10 import (  # noqa: E402
+from collect_cifar10 import (  # noqa: E402  (the script's folder is on sys.path)
     CONTINUED,
     MODELS,
     PAIRED_HEADER,

@@ -1,22 +1,22 @@
 """BCDNet-A / -B (MobileNet backbone) and their ResNet-18 variants; ES on BCDNet.
 
-Spec section 4. BCDNet-A = ReActNet-A on a shorter channel list + a binary MLP
+Xing et al., "Towards Accurate Binary Neural Networks via Modeling Contextual
+Dependencies", ECCV 2022. BCDNet-A = ReActNet-A on a shorter channel list + a binary MLP
 stage of long-short range shift blocks at 7x7; BCDNet-B adds input-dependent
 (contextual) thresholds to every binary conv of the convolutional stage.
 """
 
-import tensorflow as tf
+import dataclasses
 
 from larq_esbnn import blocks
 from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.models.registry import register_model, register_variant
-
-layers = tf.keras.layers
+from larq_esbnn.registry import register_model, register_variant
+from larq_esbnn.weights import register_weights, released
 
 BCDNET_A_CHANNELS = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 1024]
 
 
-@register_model("bcdnet_a", "BCDNet-A: ReActNet-A backbone + long-short range binary MLP stage (71.8 % reported)")
+@register_model("bcdnet_a", "BCDNet-A: ReActNet-A backbone + long-short range binary MLP stage ({top1} % reported)", reported=("71.8", "BCDNet"))
 def bcdnet_a(
     *,
     input_shape=None,
@@ -64,16 +64,22 @@ def bcdnet_a(
         ratio=ratio, shift_padding=shift_padding,
     )
     x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
-    x = layers.ZeroPadding2D(1, name="stem_pad")(x)
-    x = layers.Conv2D(32, 3, strides=2, use_bias=False, name="stem_conv")(x)
-    x = cfg.bn("stem_bn")(x)
-    x = blocks.stem_tile(x, cfg)
+    x = blocks.mobilenet_stem(x, cfg)
     x = blocks.mobilenet_stage(x, BCDNET_A_CHANNELS, cfg)
-    mlp_cfg = blocks.BlockConfig(**{**cfg.__dict__, "dynamic": False})
+    mlp_cfg = dataclasses.replace(cfg, dynamic=False)
     x = blocks.mlp_stage(x, mlp_cfg, mlp_repeats, shift_blocks, point_blocks, "mlp", long_shift)
     if include_top:
         x = blocks.classifier(x, num_classes, cfg, heads, head_channels, classifier_activation)
     return finish(inputs, x, name, weights)
+
+
+# The authors' ImageNet checkpoint (downloaded by hand, converted on first use).
+register_weights(
+    released("bcdnet_a", "https://github.com/Sense-GVT/BCDNet", "the 'Step2: BCDNet-A' file",
+             "BCDNet (ECCV 2022)", "dict {'model', 'optimizer', 'last_iter'}, keys prefixed 'module.'",
+             link="https://drive.google.com/file/d/12jL6SzBppXJry0fLq0AzhY1dYFVGyfp5/view?usp=sharing",
+             note="step 2 (binary weights and activations); the README also links step 1"),
+)
 
 
 bcdnet_b = register_variant(
@@ -84,7 +90,7 @@ es_bcdnet_a = register_variant(
 )
 
 
-@register_model("bcdnet_a_18", "BCDNet-A on ReActNet-18: last 3 layers of stage 4 -> binary MLP blocks (66.9 % reported)")
+@register_model("bcdnet_a_18", "BCDNet-A on ReActNet-18: last 3 layers of stage 4 -> binary MLP blocks ({top1} % reported)", reported=("66.9", "BCDNet"))
 def bcdnet_a_18(
     *,
     input_shape=None,
@@ -110,7 +116,8 @@ def bcdnet_a_18(
     classifier_activation=None,
     name="bcdnet_a_18",
 ):
-    """BCDNet on ReActNet-18 (spec 4.4, *inferred*: no released code).
+    """BCDNet on ReActNet-18 (*inferred*: the BCDNet paper, Xing et al., ECCV 2022,
+    reports ResNet-18 variants but released no code for them).
 
     ReActNet-18 up to the downsampling layer of stage 4, then the MLP stage at
     512 x 7 x 7 (default 3 x [3 shift + 1 point], as BCDNet-A: 9 MLP blocks
@@ -131,7 +138,7 @@ def bcdnet_a_18(
     x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
     x = blocks.resnet18_stem(x, cfg)
     x = blocks.resnet_stages(x, [64, 128, 256, 512], 4, cfg, skip_last=3)
-    mlp_cfg = blocks.BlockConfig(**{**cfg.__dict__, "dynamic": False})
+    mlp_cfg = dataclasses.replace(cfg, dynamic=False)
     x = blocks.mlp_stage(x, mlp_cfg, mlp_repeats, shift_blocks, point_blocks, "mlp", long_shift)
     if include_top:
         x = blocks.classifier(x, num_classes, cfg, heads, head_channels, classifier_activation)
@@ -139,5 +146,5 @@ def bcdnet_a_18(
 
 
 bcdnet_b_18 = register_variant(
-    "bcdnet_b_18", bcdnet_a_18, "BCDNet-B on ReActNet-18: + dynamic contextual thresholds (67.9 % reported)", dynamic=True
+    "bcdnet_b_18", bcdnet_a_18, "BCDNet-B on ReActNet-18: + dynamic contextual thresholds ({top1} % reported)", reported=("67.9", "BCDNet"), dynamic=True
 )

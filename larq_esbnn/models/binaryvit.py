@@ -1,7 +1,7 @@
 """BinaryViT (Le & Li, CVPRW 2023) and ES-BinaryViT; a reduced pair for CIFAR-10.
 
-Spec section D (``../shared/specs/bnext_binaryvit.md``), from the released
-definition (``configs/binaryvit-small-patch4-224`` with ``--model-type
+"BinaryViT: Pushing Binary Vision Transformers Towards Convolutional Models",
+from the released definition (``configs/binaryvit-small-patch4-224`` with ``--model-type
 extra-res-pyramid --replace-ln-bn --weight-bits 1 --input-bits 1 --avg-res3
 --avg-res5``). ``es_binaryvit_s`` is ``binaryvit_s(tau=2)``: expanding-and-
 shrinking on the FFN only. That placement is *inferred* (ES-BNN's paper says
@@ -16,7 +16,7 @@ import tensorflow as tf
 from larq_esbnn import blocks
 from larq_esbnn.layers import PositionEmbedding
 from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.models.registry import register_model, register_variant
+from larq_esbnn.registry import register_model, register_variant
 
 layers = tf.keras.layers
 
@@ -37,7 +37,7 @@ def _check_stages(name, **lists):
             raise ValueError(f"{name}: width {c} does not split into {h} heads")
 
 
-@register_model("binaryvit_s", "BinaryViT-S: fully binary pyramid ViT, patch 4, BN instead of LN (67.7 % reported)")
+@register_model("binaryvit_s", "BinaryViT-S: fully binary pyramid ViT, patch 4, BN instead of LN ({top1} % reported)", reported=("67.7", "BinaryViT"))
 def binaryvit_s(
     *,
     input_shape=None,
@@ -74,7 +74,7 @@ def binaryvit_s(
     attention probabilities are binarised to {0, alpha}.
 
     Trainable parameters at 224, 1000 classes: **22,491,771** (the released
-    definition, measured in PyTorch; spec D), of them **21,196,800** binary:
+    definition, measured in PyTorch), of them **21,196,800** binary:
 
     - binary: per block 4 C^2 (q, k, v, o) + C^2 (reduction, stages 1-2) +
       2 r C^2 (FFN) -> 3 (5 + 16) 64^2 + 4 (5 + 16) 128^2 + 8 (4 + 8) 256^2 +

@@ -29,7 +29,8 @@ import tensorflow as tf
 from larq_esbnn import blocks
 from larq_esbnn.layers import ChannelSplit, UnusedWeight
 from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.models.registry import register_variant
+from larq_esbnn.registry import register_variant
+from larq_esbnn.weights import register_weights, released
 
 layers = tf.keras.layers
 
@@ -141,18 +142,29 @@ def bnext(
 
 bnext_t = register_variant(
     "bnext_t", bnext,
-    "BNext-T: BNN with ELM attention and information recoupling (ImageNet 72.4 % reported)",
+    "BNext-T: BNN with ELM attention and information recoupling (ImageNet {top1} % reported)", reported=("72.4", "BNext"),
     size="tiny",
 )
-bnext_s = register_variant("bnext_s", bnext, "BNext-S: BNext-T at 1.5x width (ImageNet 76.1 % reported)", size="small")
+bnext_s = register_variant("bnext_s", bnext, "BNext-S: BNext-T at 1.5x width (ImageNet {top1} % reported)", reported=("76.1", "BNext"), size="small")
 bnext_m = register_variant(
-    "bnext_m", bnext, "BNext-M: 1.5x width, blocks 1/4/4/8/4 (ImageNet 78.3 % reported)", size="middle"
+    "bnext_m", bnext, "BNext-M: 1.5x width, blocks 1/4/4/8/4 (ImageNet {top1} % reported)", reported=("78.3", "BNext"), size="middle"
 )
 bnext_l = register_variant(
-    "bnext_l", bnext, "BNext-L: 2x width, blocks 1/4/4/16/4 (ImageNet 80.57 % reported)", size="large"
+    "bnext_l", bnext, "BNext-L: 2x width, blocks 1/4/4/16/4 (ImageNet {top1} % reported)", reported=("80.57", "BNext"), size="large"
 )
 es_bnext_t = register_variant(
     "es_bnext_t", bnext,
-    "ES-BNext-T: BNext-T with expanding-and-shrinking, tau=2 (ImageNet 75.2 % reported)",
+    "ES-BNext-T: BNext-T with expanding-and-shrinking, tau=2 (ImageNet {top1} % reported)", reported=("75.2", "ES-BNN"),
     size="tiny", tau=2,
+)
+
+# The authors' ImageNet checkpoints (downloaded by hand, converted on first use).
+BNEXT_CONTAINER = "dict {'epoch', 'state_dict', 'best_top1_acc', 'optimizer', ...}, keys prefixed 'module.'"
+register_weights(
+    released("bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'BNext-T' file",
+             "ES-BNN README (BNext-T)", BNEXT_CONTAINER,
+             link="https://drive.google.com/file/d/1CJ0XOEhoHuNe-tDYJaAOd1j4YyNXuyas/view?usp=sharing"),
+    released("es_bnext_t", "https://github.com/imfinethanks/ESBNN", "the 'ES-BNext-T' file",
+             "ES-BNN README (ES-BNext-T)", BNEXT_CONTAINER,
+             link="https://pan.seu.edu.cn:443/link/F084D724533B054E64ED1FE9B8CC1459"),
 )

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from larq_esbnn.weights import load_weights
+
 
 def model_input(name, input_shape, input_tensor, default_size, multiple, min_size):
     """Validate ``input_shape`` / ``input_tensor`` and return (Input tensor, model inputs)."""
@@ -39,8 +41,6 @@ def finish(inputs, outputs, name, weights):
     """Make the model and load ``weights`` (None, a registered tag, a path or a URL)."""
     model = tf.keras.Model(inputs, outputs, name=name)
     if weights is not None:
-        from larq_esbnn.weights import load_weights
-
         load_weights(model, name, weights)
     return model
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from larq_esbnn import blocks
 from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.models.registry import register_model
+from larq_esbnn.registry import register_model
 
 layers = tf.keras.layers
 

@@ -1,21 +1,20 @@
 """ReActNet-A and ReActNet-18, with ES (``tau``) and G (``groups``) as arguments.
 
-Spec sections 2, 3 and 5.3. ``es_reactnet_a`` is ``reactnet_a(tau=2)``.
+ReActNet: Liu et al., "ReActNet: Towards Precise Binary Neural Network with
+Generalized Activation Functions", ECCV 2020. ``es_reactnet_a`` is
+``reactnet_a(tau=2)``, the ES-ReActNet-A of ES-BNN (Shi et al., 2025).
 """
-
-import tensorflow as tf
 
 from larq_esbnn import blocks
 from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.models.registry import register_model, register_variant
-
-layers = tf.keras.layers
+from larq_esbnn.registry import register_model, register_variant
+from larq_esbnn.weights import register_weights, released
 
 REACTNET_A_CHANNELS = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
 
 
 @register_model(
-    "reactnet_a", "ReActNet-A: MobileNet-V1 shaped BNN, RSign/RPReLU (ImageNet 69.4 % reported)"
+    "reactnet_a", "ReActNet-A: MobileNet-V1 shaped BNN, RSign/RPReLU (ImageNet {top1} % reported)", reported=("69.4", "ReActNet")
 )
 def reactnet_a(
     *,
@@ -52,10 +51,7 @@ def reactnet_a(
         binary_weights=binary_weights, bn_momentum=bn_momentum,
     )
     x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
-    x = layers.ZeroPadding2D(1, name="stem_pad")(x)
-    x = layers.Conv2D(32, 3, strides=2, use_bias=False, name="stem_conv")(x)
-    x = cfg.bn("stem_bn")(x)
-    x = blocks.stem_tile(x, cfg)
+    x = blocks.mobilenet_stem(x, cfg)
     x = blocks.mobilenet_stage(x, REACTNET_A_CHANNELS, cfg)
     if include_top:
         x = blocks.classifier(x, num_classes, cfg, 1, head_channels, classifier_activation)
@@ -63,11 +59,11 @@ def reactnet_a(
 
 
 es_reactnet_a = register_variant(
-    "es_reactnet_a", reactnet_a, "ES-ReActNet-A: ReActNet-A with expanding-and-shrinking, tau=2 (71.34 % reported)", tau=2
+    "es_reactnet_a", reactnet_a, "ES-ReActNet-A: ReActNet-A with expanding-and-shrinking, tau=2 ({top1} % reported)", reported=("71.34", "ES-BNN release"), tau=2
 )
 
 
-@register_model("reactnet_18", "ReActNet-18: Bi-Real ResNet-18 layout with RSign/RPReLU (65.5 % reported)")
+@register_model("reactnet_18", "ReActNet-18: Bi-Real ResNet-18 layout with RSign/RPReLU ({top1} % reported)", reported=("65.5", "ReActNet"))
 def reactnet_18(
     *,
     input_shape=None,
@@ -110,6 +106,24 @@ def reactnet_18(
     return finish(inputs, x, name, weights)
 
 
+# The authors' ImageNet checkpoints (downloaded by hand, converted on first use).
+REACTNET_CONTAINER = "dict {'epoch', 'state_dict', 'best_top1_acc', 'optimizer'}, keys prefixed 'module.'"
+register_weights(
+    released("reactnet_a", "https://github.com/liuzechun/ReActNet", "checkpoint.pth.tar",
+             "ReActNet (ECCV 2020)", REACTNET_CONTAINER,
+             note="the README's model table links the MobileNet (ReActNet-A) file; "
+             "mobilenet/2_step2/train.py writes and resumes from checkpoint.pth.tar"),
+    released("reactnet_18", "https://github.com/liuzechun/ReActNet", "checkpoint.pth.tar",
+             "ReActNet (ECCV 2020)", REACTNET_CONTAINER,
+             note="the README's model table links the ResNet-18 file (resnet/2_step2)"),
+    released("es_reactnet_a", "https://github.com/imfinethanks/ESBNN", "checkpoint.pth.tar",
+             "ES-BNN (Shi et al., 2025)", "as ReActNet: " + REACTNET_CONTAINER,
+             note="the ES-ReActNet-A (tau=2) file of the authors' Rep-ReActNet release; the "
+             "repository README read for this entry (commit 972eecd) links only BNext-T and "
+             "ES-BNext-T, so the ES-ReActNet-A link was not verified"),
+)
+
+
 es_reactnet_18 = register_variant(
-    "es_reactnet_18", reactnet_18, "ES-ReActNet-18: ReActNet-18 with expanding-and-shrinking, tau=2 (68.0 % reported)", tau=2
+    "es_reactnet_18", reactnet_18, "ES-ReActNet-18: ReActNet-18 with expanding-and-shrinking, tau=2 ({top1} % reported)", reported=("68.0", "ES-BNN"), tau=2
 )

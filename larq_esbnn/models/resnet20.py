@@ -1,4 +1,4 @@
-"""CIFAR-10 ResNet-20 family (spec section 6): baseline, ES, G and ES+G.
+"""CIFAR-10 ResNet-20 family of the ES-BNN paper's ablation: baseline, ES, G and ES+G.
 
 ``es_resnet20`` = ``resnet20(tau=2)``, ``g_resnet20`` = ``resnet20(groups=2)``,
 ``es_g_resnet20`` = ``resnet20(tau=2, groups=2)``.
@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from larq_esbnn import blocks
 from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.models.registry import register_model, register_variant
+from larq_esbnn.registry import register_model, register_variant
 
 layers = tf.keras.layers
 

@@ -22,16 +22,13 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from larq_esbnn.util import IMAGENET_MEAN, IMAGENET_STD, atomic_path, cache_dir, decode_image
+
 AUTOTUNE = tf.data.AUTOTUNE
-MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
-STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
+MEAN = np.array(IMAGENET_MEAN, np.float32) * 255.0
+STD = np.array(IMAGENET_STD, np.float32) * 255.0
 SPLIT_ALIASES = {"test": ("test", "validation", "val"), "train": ("train",)}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def cache_dir():
-    root = os.environ.get("LARQ_ESBNN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "larq_esbnn"))
-    return pathlib.Path(root)
 
 
 def normalize(images):
@@ -113,7 +110,7 @@ def _list_folder(folder):
 def _decode_all(files):
     """Decode every image once (progress bar); returns uint8 N x H x W x 3."""
     ds = tf.data.Dataset.from_tensor_slices(files).map(
-        lambda f: tf.io.decode_image(tf.io.read_file(f), channels=3, expand_animations=False),
+        lambda f: decode_image(tf.io.read_file(f)),
         num_parallel_calls=AUTOTUNE,
     )
     first = next(iter(ds.take(1))).shape
@@ -128,7 +125,7 @@ def _decode_all(files):
 def load_folder(root, split, small_size=64):
     folder = _folder_split(root, split)
     classes, files, labels = _list_folder(folder)
-    probe = tf.io.decode_image(tf.io.read_file(files[0]), channels=3, expand_animations=False)
+    probe = decode_image(tf.io.read_file(files[0]))
     if max(probe.shape[:2]) > small_size:
         return Split(len(classes), classes, files=files, labels=labels)
     key = hashlib.sha256(("\n".join(files) + str(os.path.getmtime(files[-1]))).encode()).hexdigest()[:16]
@@ -138,9 +135,8 @@ def load_folder(root, split, small_size=64):
     else:
         images = _decode_all(files)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
-        np.save(tmp, images)
-        os.replace(tmp, cached)
+        with atomic_path(cached, suffix=".part.npy") as tmp:
+            np.save(tmp, images)
     return Split(len(classes), classes, images=images, labels=labels)
 
 
@@ -202,7 +198,7 @@ def _source(split):
     if split.files is not None:
         def read(path, label):
             raw = tf.io.read_file(path)
-            return tf.io.decode_image(raw, channels=3, expand_animations=False), label
+            return decode_image(raw), label
 
         return tf.data.Dataset.from_tensor_slices((split.files, split.labels)).map(read, num_parallel_calls=AUTOTUNE)
     return split.tfds

@@ -1,7 +1,8 @@
 """Experiment recipes: one TOML file per experiment in ``training/``.
 
 A recipe names the model and its arguments, the data, and the steps of the
-two-step BNN recipe (spec 4.5): step 1 binary activations with real weights,
+two-step BNN recipe (ReActNet, Liu et al., ECCV 2020, implementation details;
+BCDNet and ES-BNN train the same way): step 1 binary activations with real weights,
 step 2 binary weights and activations initialised from step 1. Example::
 
     model = "resnet20"
@@ -146,7 +147,7 @@ class Recipe:
 
 
 def default_recipe(model, data):
-    """The reference two-step recipe (spec 4.5) with batch and lr for small data sets."""
+    """The two-step recipe of the module docstring with batch and lr for small data sets."""
     return Recipe(
         model=model,
         data=data,

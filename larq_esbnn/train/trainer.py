@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import time
 
 import numpy as np
@@ -23,10 +24,11 @@ import tensorflow as tf
 
 from larq_esbnn import models
 from larq_esbnn import weights as weights_lib
-from larq_esbnn.layers import plain_training
+from larq_esbnn.layers import TemperatureBinaryConv2D, no_fused_training
 from larq_esbnn.models.common import walk_layers
 from larq_esbnn.train import data as data_lib
-from larq_esbnn.train.recipe import Recipe
+from larq_esbnn.train.recipe import Recipe, Step
+from larq_esbnn.util import atomic_path, atomic_write_text
 
 NO_DECAY = ["bias", "gamma", "beta", "slope", "moving_"]
 # Batch of every inference pass (evaluate, the per-epoch test pass), whatever the
@@ -150,18 +152,19 @@ def head_logits(student):
 
 
 class BNNTrainer(tf.keras.Model):
-    """Loss of spec 4.5: label-smoothed CE on the classification head, and with a
-    teacher the distribution loss (soft CE to the teacher's softmax) on the
-    distillation head, averaged (``distill_weight`` = 0.5). Single-head models
-    use the same head for both terms.
+    """The loss of the two-step recipe: label-smoothed CE on the classification
+    head, and with a teacher the distributional loss of ReActNet (Liu et al.,
+    ECCV 2020, Sec. 3.3: soft CE to the teacher's softmax) on the distillation
+    head, averaged (``distill_weight`` = 0.5). Single-head models use the same
+    head for both terms.
 
-    ``fast`` (default) traces the training step on the layers' fused training
+    ``fused_training`` (default) traces the training step on the layers' fused
     path (:func:`larq_esbnn.layers.fused_training`: same forward values, fewer
-    element-wise passes); ``fast=False`` uses the plain Keras ops."""
+    element-wise passes); ``fused_training=False`` uses the plain Keras ops."""
 
-    def __init__(self, student, teacher=None, label_smoothing=0.1, distill_weight=0.5, fast=True):
+    def __init__(self, student, teacher=None, label_smoothing=0.1, distill_weight=0.5, fused_training=True):
         super().__init__()
-        self.fast = fast
+        self.fused_training = fused_training
         self.student = student
         self.two_heads = head_logits(student)
         self.teacher = teacher
@@ -206,8 +209,8 @@ class BNNTrainer(tf.keras.Model):
     def loss_and_gradients(self, x, y):
         """Per-example loss, logits and the gradients of the mean loss with respect
         to the student's trainable variables, on the fused training path unless
-        ``fast=False`` (then the plain Keras ops, for debugging)."""
-        with contextlib.nullcontext() if self.fast else plain_training():
+        ``fused_training=False`` (then the plain Keras ops, for debugging)."""
+        with contextlib.nullcontext() if self.fused_training else no_fused_training():
             with tf.GradientTape() as tape:
                 per_example, logits = self._loss_terms(x, y, True)
                 loss = tf.nn.compute_average_loss(per_example)
@@ -255,10 +258,10 @@ class MultiTeacherTrainer(BNNTrainer):
     over the same classes works.
     """
 
-    def __init__(self, student, teachers, fast=True):
+    def __init__(self, student, teachers, fused_training=True):
         if len(teachers) < 2:
             raise ValueError(f"MultiTeacherTrainer needs at least two teachers, got {len(teachers)}")
-        super().__init__(student, None, label_smoothing=0.0, distill_weight=0.0, fast=fast)
+        super().__init__(student, None, label_smoothing=0.0, distill_weight=0.0, fused_training=fused_training)
         self.teachers = list(teachers)
 
     def _loss_terms(self, x, y, training):
@@ -283,8 +286,6 @@ class WeightTemperatureSchedule(tf.keras.callbacks.Callback):
 
     def __init__(self, model, start=1.0, decay=0.9, epoch_offset=0):
         super().__init__()
-        from larq_esbnn.layers import TemperatureBinaryConv2D
-
         self.layers = [layer for layer in walk_layers(model) if isinstance(layer, TemperatureBinaryConv2D)]
         if not self.layers:
             raise ValueError(f"{model.name} has no TemperatureBinaryConv2D layers to anneal")
@@ -305,8 +306,6 @@ class WeightTemperatureSchedule(tf.keras.callbacks.Callback):
 
 
 def has_weight_temperature(model):
-    from larq_esbnn.layers import TemperatureBinaryConv2D
-
     return any(isinstance(layer, TemperatureBinaryConv2D) for layer in walk_layers(model))
 
 
@@ -363,7 +362,7 @@ class StateStore:
         name = f"s{step}-e{epoch}"
         tf.train.Checkpoint(model=student, optimizer=optimizer).write(str(self.folder / name))
         save_weights_atomic(student, self.folder / f"{name}.weights.h5")
-        _atomic_write_text(self.folder / "latest.json", json.dumps(
+        atomic_write_text(self.folder / "latest.json", json.dumps(
             {"step": step, "epoch": epoch, "prefix": name, "lr_offset": int(lr_offset)}))
         done = sorted(self.folder.glob("s*-e*.index"), key=os.path.getmtime)
         for old in done[: -self.keep]:
@@ -375,17 +374,9 @@ class StateStore:
         tf.train.Checkpoint(model=student, optimizer=optimizer).read(prefix).assert_existing_objects_matched()
 
 
-def _atomic_write_text(path, text):
-    tmp = pathlib.Path(f"{path}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_weights_atomic(model, path):
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.stem + ".tmp.h5")
-    model.save_weights(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".part.h5") as tmp:
+        model.save_weights(tmp)
 
 
 def make_optimizer(step, steps_per_epoch, lr_offset=0):
@@ -414,10 +405,10 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
         raise ValueError(f"batch size {recipe.batch_size} is larger than the training set ({len(train)} images)")
     with strategy.scope():
         if isinstance(teacher, (list, tuple)):
-            trainer = MultiTeacherTrainer(student, teacher, fast=recipe.fused_training)
+            trainer = MultiTeacherTrainer(student, teacher, fused_training=recipe.fused_training)
         else:
             trainer = BNNTrainer(student, teacher, recipe.label_smoothing, recipe.distill_weight,
-                                 fast=recipe.fused_training)
+                                 fused_training=recipe.fused_training)
         optimizer = make_optimizer(step, steps_per_epoch, lr_offset)
         trainer.compile(optimizer=optimizer)
     if state is not None:
@@ -669,16 +660,14 @@ def write_snapshot(run, folder, note=""):
     fields = []
     for row in rows.values():
         fields += [k for k in row if k not in fields]
-    tmp = folder / "history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(rows[key] for key in sorted(rows))
-    tmp_weights = folder / "weights.tmp.h5"
-    tmp_weights.write_bytes(weights_file.read_bytes())
-    os.replace(tmp_weights, folder / "weights.h5")
-    os.replace(tmp, folder / "history.csv")
-    _atomic_write_text(folder / "position.json", json.dumps(position, indent=2) + "\n")
+    with atomic_path(folder / "history.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fields)
+            writer.writeheader()
+            writer.writerows(rows[key] for key in sorted(rows))
+        with atomic_path(folder / "weights.h5", suffix=".part.h5") as tmp_weights:
+            shutil.copyfile(weights_file, tmp_weights)
+    atomic_write_text(folder / "position.json", json.dumps(position, indent=2) + "\n")
     return position
 
 
@@ -694,7 +683,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     if resume and state is None and snapshot is None:
         print(f"--resume: {out} holds no checkpoint and the recipe no snapshot to continue; starting a new run")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "recipe.json", recipe.to_json())
+    atomic_write_text(out / "recipe.json", recipe.to_json())
     strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
     tf.keras.utils.set_random_seed(recipe.seed)
     train_split = data_lib.load(recipe.data, "train")
@@ -727,7 +716,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
             steps_per_epoch = len(train_split.subset(recipe.train_limit)) // recipe.batch_size
             lr_offset = resume_epoch * steps_per_epoch
             student.load_weights(snapshot["weights"])
-            _atomic_write_text(out / "snapshot_start.json", json.dumps(snapshot, indent=2))
+            atomic_write_text(out / "snapshot_start.json", json.dumps(snapshot, indent=2))
             print(f"no checkpoint in {out}: continuing from the committed snapshot {snapshot['folder']} "
                   f"(step {index}, after epoch {resume_epoch} of {step.epochs}, weights sha256 "
                   f"{snapshot['sha256'][:16]}...) with a fresh optimizer state: the learning-rate schedule "
@@ -748,9 +737,8 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     if previous is None:
         raise ValueError("the recipe has no step with epochs > 0")
     final = out / "weights.h5"
-    tmp = out / "weights.tmp.h5"
-    tmp.write_bytes(pathlib.Path(previous).read_bytes())
-    os.replace(tmp, final)
+    with atomic_path(final, suffix=".part.h5") as tmp:
+        shutil.copyfile(previous, tmp)
     metrics = evaluate(student, test_split, size, limit=recipe.test_limit or None)
     rows = _merge_logs(out)
     metrics.update(
@@ -759,7 +747,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
         images_per_sec=float(np.median([r["images_per_sec"] for r in rows])) if rows else None,
         wall_time_sec=float(sum(r["epoch_time_sec"] for r in rows)),
     )
-    _atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     plot_curves(out)
     print(f"final weights: {final}\ntest top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} on {metrics['n']} images")
     return metrics
@@ -795,9 +783,6 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     The result is exactly ``models.get(model_name, num_classes=K, **model_args)``
     with the pretrained backbone, so ``DIR/weights.h5`` loads with ``weights=``.
     """
-    from larq_esbnn.models import transfer_weights
-    from larq_esbnn.train.recipe import Step
-
     out = pathlib.Path(output)
     out.mkdir(parents=True, exist_ok=True)
     state = StateStore(out / "state").latest if resume else None
@@ -813,13 +798,13 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
                     batch_size=batch_size, seed=seed, label_smoothing=0.1,
                     steps=[Step(epochs=epochs, lr=lr, warmup_epochs=0)],
                     train_limit=train_limit, test_limit=test_limit)
-    _atomic_write_text(out / "recipe.json", json.dumps({**json.loads(recipe.to_json()), "weights": str(weights),
+    atomic_write_text(out / "recipe.json", json.dumps({**json.loads(recipe.to_json()), "weights": str(weights),
                                                          "freeze_backbone": freeze_backbone}, indent=2))
     with strategy.scope():
         student = models.get(model_name, num_classes=train_split.num_classes, **args)
         if state is None:
             backbone = models.get(model_name, include_top=False, weights=weights, **args)
-            transfer_weights(backbone, student)
+            models.transfer_weights(backbone, student)
             del backbone
         if freeze_backbone:
             for layer in student.layers:
@@ -828,7 +813,7 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     fit_step(student, recipe.steps[0], 1, train_split, test_split, out, recipe, strategy, None, resume_epoch, prefix)
     save_weights_atomic(student, out / "weights.h5")
     metrics = evaluate(student, test_split, size, limit=test_limit or None)
-    _atomic_write_text(out / "metrics.json", json.dumps({**metrics, "model": model_name, "epochs": epochs}, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps({**metrics, "model": model_name, "epochs": epochs}, indent=2))
     plot_curves(out)
     print(f"fine-tuned weights: {out / 'weights.h5'}\ntest top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} on {metrics['n']} images")
     return metrics

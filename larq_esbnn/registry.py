@@ -2,6 +2,11 @@
 
 Each entry holds the factory, its default arguments and a one-line description;
 weight files and their sha256 live in :mod:`larq_esbnn.weights`.
+
+This module imports nothing from the package. The families in
+:mod:`larq_esbnn.models` register into it, and the modules they themselves
+rely on (:mod:`larq_esbnn.weights`, :mod:`larq_esbnn.torch_import`) build a
+model by name through it, so that none of them has to import the families.
 """
 
 import fnmatch
@@ -19,25 +24,37 @@ class ModelEntry:
     defaults: dict = field(default_factory=dict)
     input_size: int = 224
     binary: bool = True  # False for real-valued models (teachers): no binary convs to export
+    reported_top1: str = ""  # ImageNet top-1 (%) as its paper or release reports it, not measured here
+    reported_by: str = ""  # who reports it: "ReActNet", "ES-BNN release", ...
 
     def build(self, **kwargs):
         return self.factory(**{**self.defaults, **kwargs, "name": self.name})
 
 
-def register_model(name, description, input_size=224, binary=True, **defaults):
+def _entry(name, factory, description, defaults, input_size, binary=True, reported=None):
+    top1, by = reported or ("", "")
+    if "{top1}" in description and not top1:
+        raise ValueError(f"{name}: the description cites a reported top-1 but none is given")
+    return ModelEntry(name, factory, description.replace("{top1}", top1), dict(defaults), input_size,
+                      binary, top1, by)
+
+
+def register_model(name, description, input_size=224, binary=True, reported=None, **defaults):
     """Decorator: register ``fn`` under ``name`` (with ``defaults`` applied).
-    ``binary=False`` marks a real-valued model, such as a distillation teacher."""
+    ``binary=False`` marks a real-valued model, such as a distillation teacher.
+    ``reported=(top1, by)``: the ImageNet top-1 (%) that paper or release ``by``
+    reports; ``{top1}`` in ``description`` is replaced by it."""
 
     def deco(fn):
-        _MODELS[name] = ModelEntry(name, fn, description, dict(defaults), input_size, binary)
+        _MODELS[name] = _entry(name, fn, description, defaults, input_size, binary, reported)
         return fn
 
     return deco
 
 
-def register_variant(name, base, description, input_size=224, **defaults):
+def register_variant(name, base, description, input_size=224, reported=None, **defaults):
     """Register ``base`` with other defaults (``es_reactnet_a`` = ``reactnet_a(tau=2)``)
-    and return a public keyword-only factory for it."""
+    and return a public keyword-only factory for it (``reported`` as in :func:`register_model`)."""
 
     @functools.wraps(base)
     def factory(**kwargs):
@@ -45,8 +62,9 @@ def register_variant(name, base, description, input_size=224, **defaults):
 
     factory.__name__ = factory.__qualname__ = name
     args = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
-    factory.__doc__ = f"{description}\n\n``{base.__name__}({args})``; see :func:`{base.__module__}.{base.__name__}`."
-    _MODELS[name] = ModelEntry(name, base, description, dict(defaults), input_size)
+    _MODELS[name] = _entry(name, base, description, defaults, input_size, reported=reported)
+    factory.__doc__ = (f"{_MODELS[name].description}\n\n``{base.__name__}({args})``; "
+                       f"see :func:`{base.__module__}.{base.__name__}`.")
     return factory
 
 
