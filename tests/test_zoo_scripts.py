@@ -1,14 +1,12 @@
 """The statistics behind the published CIFAR-10 comparisons (zoo/collect_cifar10.py,
-zoo/continue_cifar10.py)."""
+zoo/continue_cifar10.py, zoo/cifar10_campaign.py)."""
 
-import pathlib
-import sys
+import hashlib
+import json
 
 import numpy as np
-import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "zoo"))
-from collect_cifar10 import paired_row  # noqa: E402
+from zoo.collect_cifar10 import paired_row
 
 
 def test_paired_row_counts_difference_and_interval():
@@ -29,17 +27,20 @@ def test_paired_row_counts_difference_and_interval():
     assert same == 0 and interval == [0.0, 0.0]
 
 
-def test_campaign_ship_rewrites_exactly_one_registry_record(tmp_path):
+def test_ship_replaces_the_file_and_exactly_one_registry_record(tmp_path):
     from larq_esbnn import weights as weights_lib
-    from zoo.cifar10_campaign import update_registry
+    from zoo.collect_cifar10 import ship
 
-    registry = tmp_path / "weights.py"
-    original = pathlib.Path(weights_lib.__file__).read_text()
-    registry.write_text(original)
-    update_registry("resnet20", "ab" * 32, 0.81234, "cifar10_campaign/binary.toml", path=registry)
-    changed = [(a, b) for a, b in zip(original.splitlines(), registry.read_text().splitlines()) if a != b]
-    assert len(changed) == 1 and '_trained_here("resnet20", ' in changed[0][0]
-    assert changed[0][1].strip() == f'_trained_here("resnet20", "{"ab" * 32}", "81.23", "cifar10_campaign/binary.toml"),'
-    # (one changed line: the es_resnet20 record, whose name contains "resnet20", is kept)
-    with pytest.raises(RuntimeError, match="expected one _trained_here record of no_such_model"):
-        update_registry("no_such_model", "ab" * 32, 0.5, "x.toml", path=registry)
+    pretrained = tmp_path / "larq_esbnn" / "pretrained"
+    pretrained.mkdir(parents=True)
+    original = json.loads(weights_lib.TRAINED_HERE.read_text())
+    (pretrained / "trained_here.json").write_text(json.dumps(original))
+    new_weights = tmp_path / "new.h5"
+    new_weights.write_bytes(b"new resnet20 weights")
+    ship(new_weights, "resnet20", 0.81234, "cifar10_campaign/binary.toml", root=tmp_path)
+    assert (pretrained / "resnet20_cifar10.h5").read_bytes() == b"new resnet20 weights"
+    records = json.loads((pretrained / "trained_here.json").read_text())
+    changed = [(a, b) for a, b in zip(original, records) if a != b]
+    assert len(records) == len(original) and len(changed) == 1
+    assert changed[0][1] == {"model": "resnet20", "sha256": hashlib.sha256(b"new resnet20 weights").hexdigest(),
+                             "top1": "81.23", "recipe": "cifar10_campaign/binary.toml"}

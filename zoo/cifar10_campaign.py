@@ -26,13 +26,13 @@ import datetime
 import json
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 
 from zoo.collect_cifar10 import PAIRED_HEADER, correct_cached, paired_row, write_generated
+from zoo.collect_cifar10 import ship as ship_weights
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "training" / "cifar10_campaign"
@@ -83,18 +83,6 @@ def snapshot(model, runs):
     return position
 
 
-def update_registry(model, sha256, top1, recipe, path=ROOT / "larq_esbnn" / "weights.py"):
-    """Rewrite the ``_trained_here("MODEL", ...)`` record of the registry (no hand edit)."""
-    path = pathlib.Path(path)
-    text = path.read_text()
-    pattern = re.compile(rf'_trained_here\("{model}", "[0-9a-f]{{64}}", "[\d.]+"(, "[^"]*")?\)')
-    record = f'_trained_here("{model}", "{sha256}", "{100 * top1:.2f}", "{recipe}")'
-    new, count = pattern.subn(record, text)
-    if count != 1:
-        raise RuntimeError(f"expected one _trained_here record of {model} in {path}, found {count}")
-    path.write_text(new)
-
-
 def ship(model, runs):
     """Ship the snapshot of ``model`` as ``MODEL.cifar10`` if it is better on all
     10,000 test images than the weights shipped now (paired comparison recorded
@@ -115,11 +103,8 @@ def ship(model, runs):
               "diff": diff, "ci95": ci95, "sha256": position["sha256"], "shipped": bool(better),
               "date": datetime.date.today().isoformat(), "cpu": cpu_model(), "paired_row": row}
     if better:
-        dest = ROOT / "larq_esbnn" / "pretrained" / f"{model}_cifar10.h5"
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(folder / "weights.h5", tmp)
-        tmp.replace(dest)
-        update_registry(model, weights_lib.sha256_file(dest), float(new.mean()), f"cifar10_campaign/{recipe_of(model)}")
+        ship_weights(folder / "weights.h5", model, float(new.mean()), f"cifar10_campaign/{recipe_of(model)}",
+                     f"campaign, {position['epochs_done']} of {position['epochs_total']} epochs")
     milestones = json.loads(MILESTONES.read_text()) if MILESTONES.exists() else []
     milestones.append(record)
     tmp = MILESTONES.with_name(MILESTONES.name + ".tmp")

@@ -24,6 +24,7 @@ of a difference, not the spread between training seeds.
 """
 
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -107,14 +108,16 @@ def correct_cached(runs, model, weights, data, limit=None, sha256=None):
     return correct
 
 
-def ship(weights_file, model, top1, recipe=None, comment=""):
+def ship(weights_file, model, top1, recipe=None, comment="", root=ROOT):
     """Copy a run's weights to larq_esbnn/pretrained/<model>_cifar10.h5 and write their
     record (sha256, top-1, recipe) into larq_esbnn/pretrained/trained_here.json, which
     the weights registry reads: ``<model>.cifar10`` names them from then on."""
     from larq_esbnn import util
 
-    dest = ROOT / "larq_esbnn" / "pretrained" / f"{model}_cifar10.h5"
-    shutil.copyfile(weights_file, dest)
+    dest = pathlib.Path(root) / "larq_esbnn" / "pretrained" / f"{model}_cifar10.h5"
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copyfile(weights_file, tmp)
+    os.replace(tmp, dest)
     record = {"model": model, "sha256": util.sha256_file(dest), "top1": f"{100 * top1:.2f}",
               "recipe": recipe or "resnet20_cifar10.toml"}
     table = dest.parent / "trained_here.json"
