@@ -64,6 +64,8 @@ import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 
+from larq_esbnn.errors import BadWeights
+
 CACHE_ENV = "LARQ_ESBNN_CACHE"
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
 _CHUNK = 1 << 16
@@ -74,7 +76,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-class WeightsError(ValueError):
+class WeightsError(BadWeights):
     """A weights file that cannot be resolved, downloaded, verified or loaded."""
 
 
@@ -136,6 +138,20 @@ CIFAR10 = Preprocessing("CIFAR-10", 32, classes=CIFAR10_CLASSES)
 # with WordNet 3.0 names; see the header of pretrained/imagenet_classes.txt.
 IMAGENET = Preprocessing("ImageNet-1k", 224, crop="center", classes_file="imagenet_classes.txt")
 PREPROCESSING = {"cifar10": CIFAR10, "imagenet": IMAGENET}
+# written next to a fine-tuned weights file: the Preprocessing of those weights (JSON)
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def preprocessing_beside(path):
+    """The :class:`Preprocessing` recorded next to a weights file (fine-tuning runs), or None."""
+    import json
+
+    recorded = pathlib.Path(path).with_name(PREPROCESSING_FILE)
+    if not recorded.is_file():
+        return None
+    fields = json.loads(recorded.read_text())
+    return Preprocessing(**{**fields, "mean": tuple(fields["mean"]), "std": tuple(fields["std"]),
+                            "classes": tuple(fields["classes"])})
 
 
 @dataclass(frozen=True)
@@ -543,6 +559,9 @@ def resolve(name, weights, cache_dir=None, progress=True):
     path = pathlib.Path(weights).expanduser()
     if path.is_file():
         return path, None
+    if path.is_dir():
+        raise WeightsError(f"weights {weights!r} is a directory; give a weights file (.h5 or a PyTorch "
+                           f"checkpoint) in it, a URL or a registered tag of {name!r}")
     if os.sep not in weights and "/" not in weights and "." not in weights:
         entry(name, weights)  # raises, listing the tags
     raise WeightsError(f"weights file not found: {weights!r} (not a registered tag of {name!r} either)")
@@ -710,11 +729,19 @@ def converted_checkpoint(model, name, checkpoint, cache_dir=None):
         report = torch_import.import_state_dict(into, name, state)
     except torch_import.CheckpointError as err:
         raise WeightsError(f"{checkpoint} is not a {name} checkpoint: {err}") from None
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.stem}.", suffix=".part.h5")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.stem}.", suffix=".part.h5")
+    except OSError as err:  # the cache only saves converting again: convert into a temporary folder
+        print(f"larq-esbnn: warning: cannot write to the cache {directory} ({err.strerror}); set "
+              f"{CACHE_ENV} to a writable directory to keep converted checkpoints", file=sys.stderr)
+        directory = pathlib.Path(tempfile.mkdtemp(prefix="larq_esbnn-"))
+        target = directory / target.name
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.stem}.", suffix=".part.h5")
     os.close(fd)
     try:
         into.save_weights(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared like any download
         os.replace(tmp, target)
         info = {"checkpoint": str(checkpoint), "sha256": sha, "model": name, **report.as_dict()}
         _atomic_text(target.with_suffix(".json"), json.dumps(info, indent=2))

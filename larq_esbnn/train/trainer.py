@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from larq_esbnn import models
 from larq_esbnn import weights as weights_lib
+from larq_esbnn.errors import BadArgument
 from larq_esbnn.layers import plain_training
 from larq_esbnn.models.common import walk_layers
 from larq_esbnn.train import data as data_lib
@@ -679,6 +680,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     tf.keras.utils.set_random_seed(recipe.seed)
     train_split = data_lib.load(recipe.data, "train")
     test_split = data_lib.load(recipe.data, "test")
+    data_lib.check_splits(train_split, test_split)
     size = recipe.image_size or models.entry(recipe.model).input_size
     model_args = {**recipe.model_args, "num_classes": train_split.num_classes, "input_shape": (size, size, 3)}
     if recipe.teachers:
@@ -778,6 +780,9 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     from larq_esbnn.models import transfer_weights
     from larq_esbnn.train.recipe import Step
 
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise BadArgument(f"finetune needs epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, "
+                          f"{batch_size} and {lr}")
     out = pathlib.Path(output)
     out.mkdir(parents=True, exist_ok=True)
     state = StateStore(out / "state").latest if resume else None
@@ -787,6 +792,7 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     tf.keras.utils.set_random_seed(seed)
     train_split = data_lib.load(data, "train")
     test_split = data_lib.load(data, "test")
+    data_lib.check_splits(train_split, test_split)
     size = image_size or models.entry(model_name).input_size
     args = {**(model_args or {}), "input_shape": (size, size, 3)}
     recipe = Recipe(model=model_name, data=str(data), model_args=model_args or {}, image_size=size,
@@ -807,6 +813,10 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     resume_epoch, prefix = (state["epoch"] + 1, state["prefix"]) if state else (0, None)
     fit_step(student, recipe.steps[0], 1, train_split, test_split, out, recipe, strategy, None, resume_epoch, prefix)
     save_weights_atomic(student, out / "weights.h5")
+    # what `predict --weights DIR/weights.h5` needs: the classes and how images were prepared
+    _atomic_write_text(out / weights_lib.PREPROCESSING_FILE, json.dumps(dataclasses.asdict(weights_lib.Preprocessing(
+        f"fine-tuned on {data}", size, crop="resize" if size <= 64 else "center",
+        classes=tuple(train_split.class_names))), indent=2))
     metrics = evaluate(student, test_split, size, limit=test_limit or None)
     _atomic_write_text(out / "metrics.json", json.dumps({**metrics, "model": model_name, "epochs": epochs}, indent=2))
     plot_curves(out)
