@@ -30,8 +30,33 @@ def _select_keras_2():
 
 _select_keras_2()
 
-from larq_esbnn import blocks, layers, models, quantizers  # noqa: E402
-from larq_esbnn.inference import predict  # noqa: E402
-from larq_esbnn.report import summary  # noqa: E402
+# The sub-modules load on first use (PEP 562), so that ``import larq_esbnn`` and
+# ``larq-esbnn --help`` do not start TensorFlow; ``larq_esbnn.models`` etc. work as before.
+_LAZY = {
+    "blocks": ("larq_esbnn.blocks", None),
+    "layers": ("larq_esbnn.layers", None),
+    "models": ("larq_esbnn.models", None),
+    "quantizers": ("larq_esbnn.quantizers", None),
+    "predict": ("larq_esbnn.inference", "predict"),
+    "summary": ("larq_esbnn.report", "summary"),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'larq_esbnn' has no attribute {name!r}")
+    import importlib
+
+    module_name, attribute = _LAZY[name]
+    value = importlib.import_module(module_name)
+    if attribute is not None:
+        value = getattr(value, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = ["blocks", "layers", "models", "predict", "quantizers", "summary", "__version__"]

@@ -52,6 +52,14 @@ import numpy as np
 import tensorflow as tf
 
 from larq_esbnn import models
+from larq_esbnn.errors import (
+    BadArgument,
+    BadData,
+    check_new_output,
+    non_negative_int,
+    positive_int,
+    replace_when_done,
+)
 from larq_esbnn.models.common import walk_layers
 from larq_esbnn.util import IMAGENET_MEAN, IMAGENET_STD, decode_image
 
@@ -526,7 +534,11 @@ def load_images(path, limit=100, size=None):
     images = []
     for item, _ in chosen:
         data = archive.extractfile(item).read() if archive is not None else item()
-        image = decode_image(data)
+        try:
+            image = decode_image(data)
+        except tf.errors.InvalidArgumentError:
+            name = item.name if archive is not None else item.__self__
+            raise BadData(f"{name} in {path} is not an image file (JPEG, PNG, BMP or GIF)") from None
         if size is not None:
             image = tf.image.resize(image, (size, size))
         images.append(image.numpy().astype(np.float32))
@@ -665,31 +677,36 @@ def _input_size(value):
     return size
 
 
-def _positive(value):
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return n
-
-
 def _cmd_export(args):
     entry = models.entry(args.model)
     size = args.input_size or entry.input_size
-    model = models.get(
-        args.model, weights=args.weights, input_shape=(size, size, 3), pad_value=float(args.pad_value)
-    )
+    out = pathlib.Path(args.output or f"{args.model.split('.')[0]}.tflite")
+    if out.suffix != ".tflite":
+        raise BadArgument(f"-o {out}: the output is a TFLite flatbuffer; give a name ending in .tflite")
+    check_new_output(out, args.overwrite)
+    takes = entry.arg_names()
+    pad = {}
+    if takes is None or "pad_value" in takes:
+        pad = {"pad_value": float(args.pad_value or 0)}
+    elif args.pad_value is not None:
+        raise BadArgument(f"{args.model} has no binary convs with a padding value; drop --pad-value")
+    if args.pad_value == 1 and args.weights:
+        print(f"warning: --pad-value 1 changes what the weights {args.weights!r} compute if they were trained "
+              "with pad value 0 (all shipped weights were): accuracy can drop a lot", file=sys.stderr)
+    images = None
+    if args.agreement_data:  # read before converting: a bad folder fails fast
+        images, labels, _ = load_images(args.agreement_data, args.agreement_images, size)
+    model = models.get(args.model, weights=args.weights, input_shape=(size, size, 3), **pad)
     if not args.no_optimize:
         model = optimize_for_inference(model)
-    out = pathlib.Path(args.output or f"{args.model.split('.')[0]}.tflite")
     start = time.perf_counter()
-    fb = export_tflite(model, out, fast=args.fast)
-    print(f"{args.model} ({size}x{size}, pad value {args.pad_value}) converted in "
+    fb = export_tflite(model, fast=args.fast)
+    print(f"{args.model} ({size}x{size}, pad value {pad.get('pad_value', '-')}) converted in "
           f"{time.perf_counter() - start:.1f} s")
     check = check_export(model, fb)
     print("ops: " + ", ".join(f"{k} {v}" for k, v in check.op_counts.items()))
     print(check.format())
-    if args.agreement_data:
-        images, labels, _ = load_images(args.agreement_data, args.agreement_images, size)
+    if images is not None:
         result = agreement(model, images, labels, fb=fb)
         print(
             f"agreement on {result['n']} images: top-1 {result['top1_agreement']:.3f}, "
@@ -697,6 +714,8 @@ def _cmd_export(args):
             f"{result['exact_fraction']:.0%} of the images, Keras top-1 "
             f"{result['keras_top1']:.3f}, LCE top-1 {result['lce_top1']:.3f}"
         )
+    with replace_when_done(out) as tmp:
+        pathlib.Path(tmp).write_bytes(fb)
     print(f"wrote {out} ({len(fb)} bytes, {len(fb) / 1e6:.2f} MB)")
     return 0 if check.ok else 1
 
@@ -728,9 +747,10 @@ def add_commands(subparsers):
     p.add_argument("--weights", default=None, help="weights tag, file or URL (default: random init)")
     p.add_argument("--input-size", type=_input_size, default=None,
                    help="square input size (default: the model's own, 224 or 32)")
-    p.add_argument("--pad-value", type=int, choices=(0, 1), default=0,
-                   help="padding value of the 3x3 binary convs (0: checkpoints, 1: LCE-native)")
+    p.add_argument("--pad-value", type=int, choices=(0, 1), default=None,
+                   help="padding value of the 3x3 binary convs (0, the default: checkpoints, 1: LCE-native)")
     p.add_argument("-o", "--output", default=None, help="output .tflite path (default MODEL.tflite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("--fast", action="store_true",
                    help="convert the frozen graph directly (same ops, skips the SavedModel export)")
     p.add_argument("--no-optimize", action="store_true",
@@ -738,7 +758,7 @@ def add_commands(subparsers):
                         "ImageNet stems then convert wrongly)")
     p.add_argument("--agreement-data", default=None,
                    help="image folder or .tar.gz (DIR/<class>/*.jpg): report Keras/LCE top-1 agreement")
-    p.add_argument("--agreement-images", type=_positive, default=100)
+    p.add_argument("--agreement-images", type=positive_int, default=100)
     p.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser(
@@ -747,9 +767,9 @@ def add_commands(subparsers):
     )
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help=f"registered model names (or {', '.join(REFERENCE_MODELS)})")
-    p.add_argument("--threads", type=_positive, default=1)
-    p.add_argument("--runs", type=_positive, default=50, help="timed runs per model")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--runs", type=positive_int, default=50, help="timed runs per model")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs per model first")
     p.add_argument("--input-size", type=_input_size, default=None,
                    help="square input size for every row (default: each model's own; references 224)")
     p.add_argument("--base", default=None, help="row the ratios refer to (default: first MODEL)")

@@ -18,6 +18,7 @@ classes are named by the first WordNet lemma of their synset (``tench``,
 """
 
 import json
+import os
 import pathlib
 import sys
 from collections import namedtuple
@@ -26,6 +27,7 @@ import numpy as np
 
 from larq_esbnn import models
 from larq_esbnn import weights as weights_lib
+from larq_esbnn.errors import BadData
 from larq_esbnn.util import decode_image
 
 Prediction = namedtuple("Prediction", ["index", "label", "name", "probability"])
@@ -45,6 +47,10 @@ def preprocessing_for(model_name, weights=None, dataset=None):
     registered = {e.tag: e for e in weights_lib.registered(model_name)}
     if isinstance(weights, str) and weights in registered and registered[weights].preprocessing:
         return registered[weights].preprocessing
+    if isinstance(weights, (str, pathlib.Path)) and os.path.isfile(weights):
+        recorded = weights_lib.preprocessing_beside(weights)
+        if recorded is not None:  # written by a fine-tuning run
+            return recorded
     if weights is not None and weights_lib.is_torch_checkpoint(weights):
         return weights_lib.IMAGENET
     known = {e.preprocessing for e in registered.values() if e.preprocessing is not None}
@@ -63,8 +69,8 @@ def load_image(path, prep):
     try:
         raw = tf.io.read_file(str(path))
         image = decode_image(raw)
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as err:
-        raise ValueError(f"cannot read image {path}: {err.message.splitlines()[0]}") from None
+    except tf.errors.OpError as err:  # missing file, a folder, not an image
+        raise BadData(f"cannot read image {path}: {err.message.splitlines()[0]}") from None
     image = tf.cast(image, tf.float32)
     size = prep.input_size
     if prep.crop == "center":
@@ -148,12 +154,19 @@ def add_commands(subparsers):
 def _cli_predict(args):
     models.entry(args.model)  # unknown model -> error listing the models
     prep = preprocessing_for(args.model, args.weights, args.dataset)
-    results = predict(args.model, args.weights, args.images, top=args.top, dataset=args.dataset)
+    model = models.get(args.model, weights=args.weights, num_classes=len(prep.class_names()),
+                       input_shape=(prep.input_size, prep.input_size, 3))
     if not args.json:
         print(f"{args.model}, weights {args.weights}: {prep.dataset} preprocessing "
               f"({prep.input_size}x{prep.input_size}, {prep.crop}, mean {_fmt(prep.mean)}, "
               f"std {_fmt(prep.std)})")
-    for path, preds in zip(args.images, results):
+    failed = []
+    for path in args.images:  # one unreadable image does not hide the others' results
+        try:
+            (preds,) = predict(args.model, args.weights, [path], top=args.top, dataset=args.dataset, model=model)
+        except BadData as err:
+            failed.append(str(err))
+            continue
         if args.json:
             print(json.dumps({"image": str(path), "top": [p._asdict() for p in preds]}))
             continue
@@ -162,6 +175,9 @@ def _cli_predict(args):
         for rank, p in enumerate(preds, 1):
             print(f"  {rank}. {_label(p).ljust(width)}  {p.probability:.4f}")
     sys.stdout.flush()
+    if failed:
+        print("\n".join(f"larq-esbnn predict: error: {m}" for m in failed), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -9,9 +9,13 @@ rely on (:mod:`larq_esbnn.weights`, :mod:`larq_esbnn.torch_import`) build a
 model by name through it, so that none of them has to import the families.
 """
 
+import difflib
 import fnmatch
 import functools
+import inspect
 from dataclasses import dataclass, field
+
+from larq_esbnn.errors import BadArgument
 
 _MODELS = {}
 
@@ -28,7 +32,31 @@ class ModelEntry:
     reported_by: str = ""  # who reports it: "ReActNet", "ES-BNN release", ...
 
     def build(self, **kwargs):
+        self.check_args(kwargs)
         return self.factory(**{**self.defaults, **kwargs, "name": self.name})
+
+    def arg_names(self):
+        """The keyword arguments the factory takes (None: any)."""
+        params = inspect.signature(self.factory).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        return sorted(p.name for p in params if p.name != "name")
+
+    def check_args(self, kwargs):
+        """:class:`BadArgument` for arguments the model does not take or cannot honour."""
+        allowed = self.arg_names()
+        unknown = sorted(set(kwargs) - set(allowed)) if allowed is not None else []
+        if unknown:
+            raise BadArgument(f"{self.name} has no argument {', '.join(unknown)}; its arguments: "
+                              f"{', '.join(allowed)}")
+        momentum = kwargs.get("bn_momentum")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise BadArgument(f"bn_momentum must be in [0, 1], got {momentum}")
+        if kwargs.get("include_top", True) is False:
+            ignored = [k for k in ("num_classes", "classifier_activation") if kwargs.get(k) is not None]
+            if ignored:
+                raise BadArgument(f"{', '.join(ignored)} describe the head, which include_top=False "
+                                  "leaves out; drop them or keep the head")
 
 
 def _entry(name, factory, description, defaults, input_size, binary=True, reported=None):
@@ -77,8 +105,12 @@ def entry(name):
     """The :class:`ModelEntry` of ``name`` (a ``.tag`` suffix is ignored)."""
     base = name.split(".", 1)[0]
     if base not in _MODELS:
-        close = [n for n in _MODELS if base.split("_")[0] in n] or names()
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(close)}")
+        if any(c in base for c in "*?["):
+            matching = names(base)
+            raise BadArgument(f"{name!r} is a pattern; give one model name (matching: "
+                              f"{', '.join(matching) or 'none'}; `larq-esbnn models PATTERN` lists them)")
+        close = difflib.get_close_matches(base, names(), n=5, cutoff=0.6) or names()
+        raise BadArgument(f"unknown model {name!r}; registered models: {', '.join(close)}")
     return _MODELS[base]
 
 

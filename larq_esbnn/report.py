@@ -736,27 +736,28 @@ def _build(name, input_size=None, weights=None):
 
 
 def _cmd_models(args):
+    names = models.names(args.pattern)
+    if not names:
+        raise ValueError(f"no registered model matches {args.pattern!r}; registered: {', '.join(models.names())}")
     rows = []
-    for name in models.names(args.pattern):
+    for i, name in enumerate(names, 1):
         e = models.entry(name)
-        s = summary(_build(name), print_fn=None, larq_summary=False)
-        rows.append({
-            "name": name, "description": e.description, "input_size": e.input_size,
-            "params": s["params"], "bops": s["bops"], "flops": s["flops"], "ops": s["ops"],
-        })
-        tf.keras.backend.clear_session()
+        row = {"name": name, "description": e.description, "input_size": e.input_size, "binary": e.binary}
+        if args.count:  # builds every model: seconds each at 224 px
+            print(f"[{i}/{len(names)}] counting {name}", file=sys.stderr, flush=True)
+            s = summary(_build(name), print_fn=None, larq_summary=False)
+            row.update(params=s["params"], bops=s["bops"], flops=s["flops"], ops=s["ops"])
+            tf.keras.backend.clear_session()
+        rows.append(row)
     if args.json:
         print(json.dumps(rows))
         return 0
-    if not rows:
-        raise ValueError(f"no registered model matches {args.pattern!r}; registered: {', '.join(models.names())}")
     w = max(len(r["name"]) for r in rows)
-    print(f"{'name':<{w}}  {'input':>5}  {'params':>11}  {'BOPs':>9}  {'OPs':>9}  description")
+    counts = f"  {'params':>11}  {'BOPs':>9}  {'OPs':>9}" if args.count else ""
+    print(f"{'name':<{w}}  {'input':>5}{counts}  description")
     for r in rows:
-        print(
-            f"{r['name']:<{w}}  {r['input_size']:>5}  {r['params']:>11,}  {r['bops']:>9.3e}  "
-            f"{r['ops']:>9.3e}  {r['description']}"
-        )
+        counts = f"  {r['params']:>11,}  {r['bops']:>9.3e}  {r['ops']:>9.3e}" if args.count else ""
+        print(f"{r['name']:<{w}}  {r['input_size']:>5}{counts}  {r['description']}")
     return 0
 
 
@@ -807,9 +808,11 @@ def _cmd_capacity(args):
 
 
 def add_commands(sub):
-    p = sub.add_parser("models", help="list registered models with parameters and BOPs")
+    p = sub.add_parser("models", help="list registered models (--count: parameters and BOPs)")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.add_argument("--count", action="store_true",
+                   help="also count parameters, BOPs and OPs (builds every model: about a minute for all)")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("summary", help="per-layer BOPs / FLOPs / params / memory of a model")

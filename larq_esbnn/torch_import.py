@@ -57,6 +57,7 @@ per tensor: a :class:`TernaryWeightsWarning` says how many and where, and
 :func:`import_state_dict` returns them in its :class:`ImportReport`.
 """
 
+import os
 import re
 import sys
 import warnings
@@ -65,6 +66,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from larq_esbnn import registry
+from larq_esbnn.errors import BadArgument, BadWeights, check_new_output, replace_when_done
 from larq_esbnn.layers import BinaryConv2D
 from larq_esbnn.quantizers import TEMPERATURE_BINARY_THRESHOLD
 from larq_esbnn.util import sha256_file
@@ -132,7 +134,7 @@ _BNEXT_UNIT = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadWeights):
     """A checkpoint that does not fit the requested model."""
 
 
@@ -147,6 +149,18 @@ def _torch():
     return torch
 
 
+def _unreadable(path, err):
+    """Why torch could not read ``path``, without torch's advice to turn off weights_only
+    (that would run code from the file)."""
+    text = str(err)
+    if "weights_only" in text or "Unsupported" in text:
+        reason = "it holds Python objects other than tensors, or is not a checkpoint at all"
+    else:
+        reason = f"{type(err).__name__}: {text.splitlines()[0] if text.strip() else 'unreadable'}"
+    return (f"{path} is not a PyTorch checkpoint that can be read safely ({reason}); expected a .pth "
+            "file written by torch.save(model.state_dict())")
+
+
 def load_state_dict(checkpoint):
     """A flat {name: numpy array} from a checkpoint path, a checkpoint dict or a state dict.
 
@@ -156,12 +170,20 @@ def load_state_dict(checkpoint):
     """
     if not isinstance(checkpoint, dict):
         torch = _torch()
+        path = checkpoint
+        if os.path.isdir(path):
+            raise CheckpointError(f"{path} is a directory, not a PyTorch checkpoint file")
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise CheckpointError(f"{path} is empty, not a PyTorch checkpoint")
         try:
-            checkpoint = torch.load(checkpoint, weights_only=True, map_location="cpu")
+            checkpoint = torch.load(path, weights_only=True, map_location="cpu")
         except FileNotFoundError:
             raise
         except Exception as err:  # torch raises many types for unreadable files
-            raise CheckpointError(f"cannot read PyTorch checkpoint {checkpoint}: {err}") from None
+            raise CheckpointError(_unreadable(path, err)) from None
+        if not isinstance(checkpoint, dict):
+            raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint: expected a "
+                                  "state dict or a dict with a 'state_dict' or 'model' key")
     state = checkpoint
     for key in ("state_dict", "model"):
         if isinstance(checkpoint.get(key), dict):
@@ -505,6 +527,7 @@ def add_commands(subparsers):
                    help="one of: " + ", ".join(sorted(SUPPORTED)))
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="path of the .pth / .pth.tar file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="output weights file (.h5)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
     p.add_argument("--require-binary", action="store_true",
                    help="BNext: refuse a checkpoint whose weight temperature is still >= 1e-7 "
                         "(real-valued weights) instead of converting it with a warning")
@@ -513,14 +536,16 @@ def add_commands(subparsers):
 
 def _cli_import(args):
     if not args.output.endswith(".h5"):
-        raise ValueError(f"output must end in .h5 (Keras HDF5 weights), got {args.output!r}")
+        raise BadArgument(f"output must end in .h5 (Keras HDF5 weights), got {args.output!r}")
+    check_new_output(args.output, args.overwrite)
     try:
         model, unused = convert_checkpoint(args.model, args.checkpoint, return_unused=True,
                                            require_binary=args.require_binary)
     except ImportError as err:  # torch is an optional extra
         print(f"larq-esbnn import-torch: error: {err}", file=sys.stderr)
         return 2
-    model.save_weights(args.output)
+    with replace_when_done(args.output) as tmp:
+        model.save_weights(tmp)
     print(f"wrote {args.output} ({model.count_params():,} parameters, "
           f"{len(unused)} unused checkpoint tensors)")
     print(f"sha256 {sha256_file(args.output)}")

@@ -43,6 +43,7 @@ def atomic_path(path, suffix=".part"):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs and the cache are read like any file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -58,6 +58,7 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -65,6 +66,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from larq_esbnn import registry, torch_import, util
+from larq_esbnn.errors import BadWeights
 from larq_esbnn.util import CACHE_ENV, IMAGENET_MEAN, IMAGENET_STD, sha256_file  # noqa: F401 (public here too)
 
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
@@ -74,7 +76,7 @@ TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-class WeightsError(ValueError):
+class WeightsError(BadWeights):
     """A weights file that cannot be resolved, downloaded, verified or loaded."""
 
 
@@ -136,6 +138,20 @@ CIFAR10 = Preprocessing("CIFAR-10", 32, classes=CIFAR10_CLASSES)
 # with WordNet 3.0 names; see the header of pretrained/imagenet_classes.txt.
 IMAGENET = Preprocessing("ImageNet-1k", 224, crop="center", classes_file="imagenet_classes.txt")
 PREPROCESSING = {"cifar10": CIFAR10, "imagenet": IMAGENET}
+# written next to a fine-tuned weights file: the Preprocessing of those weights (JSON)
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def preprocessing_beside(path):
+    """The :class:`Preprocessing` recorded next to a weights file (fine-tuning runs), or None."""
+    import json
+
+    recorded = pathlib.Path(path).with_name(PREPROCESSING_FILE)
+    if not recorded.is_file():
+        return None
+    fields = json.loads(recorded.read_text())
+    return Preprocessing(**{**fields, "mean": tuple(fields["mean"]), "std": tuple(fields["std"]),
+                            "classes": tuple(fields["classes"])})
 
 
 @dataclass(frozen=True)
@@ -509,6 +525,9 @@ def resolve(name, weights, cache_dir=None, progress=True):
     path = pathlib.Path(weights).expanduser()
     if path.is_file():
         return path, None
+    if path.is_dir():
+        raise WeightsError(f"weights {weights!r} is a directory; give a weights file (.h5 or a PyTorch "
+                           f"checkpoint) in it, a URL or a registered tag of {name!r}")
     if os.sep not in weights and "/" not in weights and "." not in weights:
         lookup(name, weights)  # raises, listing the tags
     raise WeightsError(f"weights file not found: {weights!r} (not a registered tag of {name!r} either)")
@@ -670,7 +689,14 @@ def converted_checkpoint(model, name, checkpoint, cache_dir=None):
         report = torch_import.import_state_dict(into, name, state)
     except torch_import.CheckpointError as err:
         raise WeightsError(f"{checkpoint} is not a {name} checkpoint: {err}") from None
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        util.atomic_write_text(directory / ".writable", "")
+    except OSError as err:  # the cache only saves converting again: convert into a temporary folder
+        print(f"larq-esbnn: warning: cannot write to the cache {directory} ({err.strerror}); set "
+              f"{CACHE_ENV} to a writable directory to keep converted checkpoints", file=sys.stderr)
+        directory = pathlib.Path(tempfile.mkdtemp(prefix="larq_esbnn-"))
+        target = directory / target.name
     with util.atomic_path(target, suffix=".part.h5") as tmp:
         into.save_weights(tmp)
     info = {"checkpoint": str(checkpoint), "sha256": sha, "model": name, **report.as_dict()}

@@ -171,11 +171,11 @@ def test_wrong_files_name_the_first_tensor_and_leave_no_cache(state, cache, tmp_
     # a file that is no checkpoint at all
     junk = tmp_path / "junk.pth"
     junk.write_bytes(os.urandom(2048))
-    with pytest.raises(WeightsError, match=r"cannot read PyTorch checkpoint .*junk\.pth"):
+    with pytest.raises(WeightsError, match=r"junk\.pth is not a PyTorch checkpoint that can be read safely"):
         models.reactnet_18(input_shape=SIZE, weights=str(junk))
     # weights_only=True: a pickled object that is not tensors / containers is refused
     unsafe = save_release(state, tmp_path / "unsafe.pth.tar", args=ValueError("pickled object"))
-    with pytest.raises(WeightsError, match="cannot read PyTorch checkpoint"):
+    with pytest.raises(WeightsError, match=r"unsafe\.pth\.tar is not a PyTorch checkpoint .*Python objects"):
         models.reactnet_18(input_shape=SIZE, weights=str(unsafe))
     assert files(cache) == []
 

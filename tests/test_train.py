@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import larq_esbnn
 from larq_esbnn import cli, models
 from larq_esbnn.train import data as data_lib
 from larq_esbnn.train import trainer
@@ -95,6 +96,10 @@ def test_finetune_replaces_head_and_freezes_backbone(trained, tmp_path):
     assert code == 0
     tuned = models.get("resnet20", num_classes=2, weights=str(out / "weights.h5"))
     base = models.get("resnet20", num_classes=3, weights=str(trained / "weights.h5"))
+    # predict reads the classes and preprocessing the run recorded beside its weights
+    image = sorted((target / "test" / "class1").iterdir())[0]
+    (preds,) = larq_esbnn.predict("resnet20", str(out / "weights.h5"), [image], top=2)
+    assert sorted(p.name for p in preds) == ["class0", "class1"]
     assert tuned.get_layer("head_fc").kernel.shape == (64, 2)
     for name in ("stem_conv", "l5_conv", "l17_bn"):
         for a, b in zip(tuned.get_layer(name).get_weights(), base.get_layer(name).get_weights()):

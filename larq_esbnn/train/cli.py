@@ -1,23 +1,102 @@
 """``larq-esbnn train | finetune | evaluate``."""
 
 import argparse
+import contextlib
 import json
 import pathlib
+import shlex
+import shutil
+import sys
+
+from larq_esbnn.errors import (
+    BadArgument,
+    BadData,
+    BadWeights,
+    OutputExists,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 RECIPES = pathlib.Path(__file__).resolve().parents[2] / "training"
 
 
-def _model_args(pairs):
+# model arguments the commands set themselves (from the data, --image-size, --weights)
+_SET_BY_COMMAND = ("num_classes", "input_shape", "input_tensor", "weights", "include_top", "name")
+
+
+def _model_args(pairs, model=None):
+    """``--arg KEY=VALUE`` pairs -> dict; with ``model``, checked against its factory."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--arg expects KEY=VALUE, got {pair!r}")
+            raise BadArgument(f"--arg expects KEY=VALUE, got {pair!r}")
+        if key in _SET_BY_COMMAND:
+            raise BadArgument(f"--arg {key} is set by the command (from the data's classes, --image-size "
+                              "or --weights); remove it")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+    if model is not None:
+        from larq_esbnn import models
+
+        models.entry(model).check_args(out)
     return out
+
+
+def _check_output_folder(out, overwrite):
+    """A folder holding files but no run (``state/``) is the user's: refuse to write into it."""
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExists(f"--output {out} is a file; give a folder for the run")
+    if overwrite or not out.is_dir() or (out / "state").is_dir():
+        return
+    files = sorted(p.name for p in out.iterdir())
+    if files:
+        raise OutputExists(f"--output {out} already holds files that are not a run ({', '.join(files[:5])}); "
+                           "choose another folder or pass --overwrite to write into it")
+
+
+def _check_resume(out, recipe):
+    """--resume continues the same model; say so when there is nothing to continue."""
+    out = pathlib.Path(out)
+    earlier = out / "recipe.json"
+    if earlier.is_file():
+        try:
+            model = json.loads(earlier.read_text()).get("model")
+        except (json.JSONDecodeError, AttributeError):
+            model = None
+        if model and model != recipe.model:
+            raise BadArgument(f"--resume: {out} holds a run of {model}, not {recipe.model}; resume it with "
+                              f"{model} or choose another --output")
+    if not (out / "state" / "latest.json").exists() and not recipe.snapshot_dir():
+        print(f"--resume: no earlier run in {out} (no state/latest.json) and the recipe names no "
+              "snapshot: starting a fresh run", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _run_folder(out, argv):
+    """Remove a run folder this command created when it fails before its first checkpoint;
+    on Ctrl-C, point at the last checkpoint and the command that resumes from it."""
+    out = pathlib.Path(out)
+    created = not out.exists()
+    try:
+        yield
+    except KeyboardInterrupt:
+        latest = out / "state" / "latest.json"
+        resume = argv if "--resume" in argv else [*argv, "--resume"]
+        if latest.exists():
+            where = f"checkpoint {json.loads(latest.read_text()).get('prefix')} (saved after every epoch)"
+        else:
+            where = "no checkpoint yet (one is saved after every epoch); resuming starts over"
+        print(f"\ninterrupted: {where}\ncontinue with: larq-esbnn {shlex.join(resume)}", file=sys.stderr)
+        raise
+    except Exception:
+        if created and not (out / "state" / "latest.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _train(args):
@@ -35,7 +114,7 @@ def _train(args):
     else:
         raise ValueError("give MODEL or --recipe FILE")
     for key in ("data", "batch_size", "image_size", "train_limit", "test_limit", "val_limit"):
-        if getattr(args, key):  # 0 / None: keep the recipe's value
+        if getattr(args, key) is not None:  # not given: keep the recipe's value
             setattr(recipe, key, getattr(args, key))
     for key in ("teacher", "seed", "init_weights"):
         if getattr(args, key) is not None:
@@ -43,8 +122,8 @@ def _train(args):
     if args.teachers:
         recipe.teachers = [t for t in args.teachers.split(",") if t]
         recipe.teacher = ""
-    recipe.model_args.update(_model_args(args.arg))
-    if args.epochs:
+    recipe.model_args.update(_model_args(args.arg, recipe.model))
+    if args.epochs is not None:
         recipe = recipe.with_epochs(args.epochs)
     if args.plain_training:
         recipe.fused_training = False
@@ -52,20 +131,30 @@ def _train(args):
         for step in recipe.steps:
             step.lr *= args.lr_scale
     recipe.validate()
+    _check_output_folder(args.output, args.overwrite)
+    if args.resume:
+        _check_resume(args.output, recipe)
     if args.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    train(recipe, args.output, resume=args.resume, strategy=args.strategy)
+    plan = ", ".join(f"step {i} {s.epochs} ({'binary' if s.binary_weights else 'real'} weights)"
+                     for i, s in enumerate(recipe.steps, 1))
+    print(f"{recipe.model}: {sum(s.epochs for s in recipe.steps)} epochs: {plan}")
+    with _run_folder(args.output, args.argv):
+        train(recipe, args.output, resume=args.resume, strategy=args.strategy)
 
 
 def _finetune(args):
     from larq_esbnn.train.trainer import finetune
 
-    finetune(args.model, args.weights, args.data, args.output, epochs=args.epochs, batch_size=args.batch_size,
-             lr=args.lr, freeze_backbone=args.freeze_backbone, image_size=args.image_size, resume=args.resume,
-             strategy=args.strategy, model_args=_model_args(args.arg), train_limit=args.train_limit,
-             test_limit=args.test_limit)
+    model_args = _model_args(args.arg, args.model)
+    _check_output_folder(args.output, args.overwrite)
+    with _run_folder(args.output, args.argv):
+        finetune(args.model, args.weights, args.data, args.output, epochs=args.epochs, batch_size=args.batch_size,
+                 lr=args.lr, freeze_backbone=args.freeze_backbone, image_size=args.image_size, resume=args.resume,
+                 strategy=args.strategy, model_args=model_args, train_limit=args.train_limit,
+                 test_limit=args.test_limit)
 
 
 def _evaluate(args):
@@ -73,11 +162,18 @@ def _evaluate(args):
     from larq_esbnn.train import data as data_lib
     from larq_esbnn.train.trainer import INFERENCE_BATCH, evaluate
 
-    split = data_lib.load(args.data, args.split)
+    model_args = _model_args(args.arg, args.model)
+    split = data_lib.load(args.data, args.split, limit=args.limit)
     size = args.image_size or models.entry(args.model).input_size
-    model = models.get(args.model, weights=args.weights, num_classes=split.num_classes,
-                       input_shape=(size, size, 3), **_model_args(args.arg))
-    metrics = evaluate(model, split, size, args.batch_size or INFERENCE_BATCH, limit=args.limit or None)
+    try:
+        model = models.get(args.model, weights=args.weights, num_classes=split.num_classes,
+                           input_shape=(size, size, 3), **model_args)
+    except BadWeights as err:
+        if "head" not in str(err):
+            raise
+        raise BadData(f"--data {args.data} has {split.num_classes} classes, but the weights {args.weights!r} "
+                      f"classify another number ({err})") from None
+    metrics = evaluate(model, split, size, args.batch_size or INFERENCE_BATCH, limit=args.limit)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -88,14 +184,16 @@ def _evaluate(args):
 def add_commands(sub):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--arg", action="append", metavar="KEY=VALUE", help="model argument, e.g. tau=2")
-    common.add_argument("--image-size", type=int, default=0, help="input size (default: the model's)")
+    common.add_argument("--image-size", type=positive_int, default=None, help="input size (default: the model's)")
 
     p = sub.add_parser("train", parents=[common], help="train a model with a recipe (two-step BNN recipe by default)")
     p.add_argument("model", nargs="?", help="registered model name (overrides the recipe's)")
     p.add_argument("--recipe", help=f"recipe TOML file (see {RECIPES})")
     p.add_argument("--data", help="image folder (DIR/train, DIR/test) or TFDS name")
-    p.add_argument("--epochs", type=int, default=0, help="total epochs, spread over the recipe's steps")
-    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="total epochs, spread evenly over the recipe's steps (the two-step recipe: "
+                        "step 1 gets N // 2, step 2 the rest, so --epochs 1 trains step 2 only)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the recipe's")
     p.add_argument("--teacher", default=None, help="frozen real-valued teacher (Keras model file)")
     p.add_argument("--teachers", default=None, metavar="ASSISTANT,MAIN",
                    help="the released BNext two-teacher distillation (no label loss); each a teacher spec "
@@ -104,6 +202,8 @@ def add_commands(sub):
                    help="start the first step from these weights of MODEL (tag, file or URL), e.g. cifar10")
     p.add_argument("--output", required=True, help="run folder (checkpoints, logs, weights.h5)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output folder that holds other files (they may be replaced)")
     p.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "default"])
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--plain-training", action="store_true",
@@ -111,9 +211,11 @@ def add_commands(sub):
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiply the peak lr of every step (lr searches)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic TF ops (bit-identical reruns and resumes; slower)")
-    p.add_argument("--train-limit", type=int, default=0, help="train on a fixed random subset of N images")
-    p.add_argument("--test-limit", type=int, default=0, help="final evaluation on a fixed subset of N test images")
-    p.add_argument("--val-limit", type=int, default=0,
+    p.add_argument("--train-limit", type=positive_int, default=None,
+                   help="train on a fixed random subset of N images")
+    p.add_argument("--test-limit", type=positive_int, default=None,
+                   help="final evaluation on a fixed subset of N test images")
+    p.add_argument("--val-limit", type=positive_int, default=None,
                    help="per-epoch test metrics on N test images (default: as --test-limit)")
     p.set_defaults(func=_train)
 
@@ -122,14 +224,16 @@ def add_commands(sub):
     p.add_argument("--weights", required=True, help="tag, file or URL of the pretrained weights")
     p.add_argument("--data", required=True)
     p.add_argument("--output", required=True)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=positive_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--freeze-backbone", action="store_true")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output folder that holds other files (they may be replaced)")
     p.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "default"])
-    p.add_argument("--train-limit", type=int, default=0)
-    p.add_argument("--test-limit", type=int, default=0)
+    p.add_argument("--train-limit", type=non_negative_int, default=0, help="0: all images")
+    p.add_argument("--test-limit", type=non_negative_int, default=0, help="0: all images")
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("evaluate", parents=[common], help="top-1 / top-5 of a model on a data set")
@@ -137,8 +241,8 @@ def add_commands(sub):
     p.add_argument("--weights", required=True, help="tag, file or URL")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=0,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="images per inference call (default trainer.INFERENCE_BATCH = 32, the fastest on CPU)")
-    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--limit", type=positive_int, default=None, help="score a fixed subset of N images")
     p.add_argument("--json", action="store_true", help="print {top1, top5, n} as JSON")
     p.set_defaults(func=_evaluate)

@@ -12,23 +12,38 @@ index), so epoch ``e`` sees the same batches whether or not the run was
 resumed.
 """
 
+import difflib
 import hashlib
 import os
 import pathlib
+import shutil
+import sys
 import tarfile
+import tempfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from larq_esbnn.util import IMAGENET_MEAN, IMAGENET_STD, atomic_path, cache_dir, decode_image
+from larq_esbnn.errors import BadArgument, BadData
+from larq_esbnn.util import (
+    CACHE_ENV,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    atomic_path,
+    cache_dir,
+    decode_image,
+)
 
 AUTOTUNE = tf.data.AUTOTUNE
 MEAN = np.array(IMAGENET_MEAN, np.float32) * 255.0
 STD = np.array(IMAGENET_STD, np.float32) * 255.0
 SPLIT_ALIASES = {"test": ("test", "validation", "val"), "train": ("train",)}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# first bytes of the formats tf.io.decode_image reads (JPEG, PNG, BMP, GIF)
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8")
 
 
 def normalize(images):
@@ -66,26 +81,62 @@ class Split:
         return int(self.tfds.cardinality().numpy())
 
 
-def _extract_archives(root):
-    """If ``root`` holds ``train.tar.gz`` / ``test.tar.gz`` but no folders, extract them once."""
+def _writable_cache(sub):
+    """``cache_dir() / sub``, created; an unwritable cache is a :class:`BadData` naming the variable."""
+    folder = cache_dir() / sub
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadData(f"cannot create the cache folder {folder} ({err.strerror}); set {CACHE_ENV} "
+                      "to a writable directory") from None
+    if not os.access(folder, os.W_OK):
+        raise BadData(f"the cache folder {folder} is not writable; set {CACHE_ENV} to a writable "
+                      "directory")
+    return folder
+
+
+def _extract_archives(root, split=None):
+    """If ``root`` holds ``train.tar.gz`` / ``test.tar.gz`` but no folders, extract them
+    once (with ``split``, only that split's archive: evaluating needs no training images).
+
+    Each archive goes to a temporary folder first and is moved in when complete, so a
+    bad or truncated archive leaves nothing behind in the cache."""
     archives = sorted(root.glob("*.tar.gz"))
     if not archives or (root / "train").is_dir():
         return root
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
     target = cache_dir() / "extracted" / f"{root.name}-{digest}"
-    done = target / ".complete"
-    if not done.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        for archive in archives:
-            print(f"extracting {archive} -> {target}")
-            with tarfile.open(archive) as tar:
-                tar.extractall(target, filter="data")
-        done.write_text("ok")
+    if split is not None:
+        names = SPLIT_ALIASES.get(split, (split,))
+        archives = [a for a in archives if a.name[: -len(".tar.gz")] in names] or archives
+    if (target / ".complete").exists():  # every archive, extracted by an earlier version
+        return target
+    for archive in archives:
+        done = target / f".{archive.name}.complete"
+        if done.exists():
+            continue
+        part = pathlib.Path(tempfile.mkdtemp(dir=_writable_cache("extracted"), prefix=f".{target.name}.",
+                                             suffix=".part"))
+        try:
+            print(f"extracting {archive} -> {target}", file=sys.stderr)  # stdout may be JSON
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(part, filter="data")
+            except (tarfile.TarError, EOFError, zlib.error) as err:
+                raise BadData(f"{archive} is not a readable .tar.gz archive ({type(err).__name__}: "
+                              f"{err}); expected train/<class>/*.jpg and test/<class>/*.jpg inside") from None
+            target.mkdir(exist_ok=True)
+            for entry in part.iterdir():
+                shutil.rmtree(target / entry.name, ignore_errors=True)  # an interrupted earlier move
+                os.replace(entry, target / entry.name)
+            done.write_text("ok")
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
     return target
 
 
 def _folder_split(root, split):
-    root = _extract_archives(pathlib.Path(root))
+    root = _extract_archives(pathlib.Path(root), split)
     for name in SPLIT_ALIASES.get(split, (split,)):
         if (root / name).is_dir():
             return root / name
@@ -100,11 +151,37 @@ def _list_folder(folder):
     for index, name in enumerate(classes):
         for path in sorted((folder / name).iterdir()):
             if path.suffix.lower() in IMAGE_EXTENSIONS:
+                _check_image_file(path)
                 files.append(str(path))
                 labels.append(index)
     if not files:
         raise FileNotFoundError(f"{folder} has class folders but no images ({IMAGE_EXTENSIONS})")
     return classes, files, np.array(labels, np.int32)
+
+
+def _check_image_file(path):
+    """A :class:`BadData` naming ``path`` when it is not a JPEG / PNG / BMP / GIF file
+    (checked before any work: TensorFlow's decode error would not name the file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise BadData(f"cannot read {path}: {err.strerror}") from None
+    if not head.startswith(IMAGE_SIGNATURES):
+        raise BadData(f"{path} is not an image file (JPEG, PNG, BMP or GIF); remove it or fix it")
+
+
+def check_splits(train, test):
+    """Train and test splits must name the same classes, and at least two of them."""
+    if train.class_names != test.class_names:
+        only_train = sorted(set(train.class_names) - set(test.class_names))
+        only_test = sorted(set(test.class_names) - set(train.class_names))
+        raise BadData(f"the train and test folders hold different classes ({len(train.class_names)} vs "
+                      f"{len(test.class_names)}; only in train: {only_train[:5]}, only in test: "
+                      f"{only_test[:5]}); both need the same class sub-folders")
+    if train.num_classes < 2:
+        raise BadData(f"the data has {train.num_classes} class ({train.class_names}); training a "
+                      "classifier needs at least two class sub-folders")
 
 
 def _decode_all(files):
@@ -122,9 +199,14 @@ def _decode_all(files):
     return out
 
 
-def load_folder(root, split, small_size=64):
+def load_folder(root, split, small_size=64, limit=None):
+    """A folder split; ``limit`` keeps the fixed subset ``Split.subset(limit)`` would,
+    before any image is decoded."""
     folder = _folder_split(root, split)
     classes, files, labels = _list_folder(folder)
+    if limit:
+        kept = Split(len(classes), classes, files=files, labels=labels).subset(limit)
+        files, labels = kept.files, kept.labels
     probe = decode_image(tf.io.read_file(files[0]))
     if max(probe.shape[:2]) > small_size:
         return Split(len(classes), classes, files=files, labels=labels)
@@ -134,16 +216,48 @@ def load_folder(root, split, small_size=64):
         images = np.load(cached)
     else:
         images = _decode_all(files)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cached, suffix=".part.npy") as tmp:
-            np.save(tmp, images)
+        try:  # the cache only saves the next decoding
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached, suffix=".part.npy") as tmp:
+                np.save(tmp, images)
+        except OSError as err:
+            print(f"warning: decoded images not cached ({err.strerror}: {cached.parent}); set "
+                  f"{CACHE_ENV} to a writable directory to skip decoding next time", file=sys.stderr)
     return Split(len(classes), classes, images=images, labels=labels)
 
 
-def load_tfds(name, split, data_dir=None):
+def _tfds_builder(name, data_dir):
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        close = difflib.get_close_matches(name, tfds.list_builders(), n=5, cutoff=0.5)
+        hint = f"closest TFDS names: {', '.join(close)}" if close else "see tfds.list_builders()"
+        raise BadData(f"--data {name!r} is neither a folder nor a TFDS name ({hint}); an image "
+                      "folder needs DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg") from None
+
+
+def _online(host="storage.googleapis.com", timeout=3.0):
+    """True when the TFDS download host answers within ``timeout`` seconds."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_tfds(name, split, data_dir=None):
+    builder = _tfds_builder(name, data_dir or os.environ.get("TFDS_DATA_DIR"))
+    prepared = os.path.isdir(builder.data_dir) and any(pathlib.Path(builder.data_dir).glob("*.json"))
+    if not prepared and not _online():
+        raise BadData(
+            f"TFDS data set {name!r} is not prepared in {builder.data_dir} and the download host does "
+            "not answer (offline?); give --data an image folder (DIR/train/<class>/*.jpg, "
+            "DIR/test/<class>/*.jpg), or point TFDS_DATA_DIR at a folder where it is prepared"
+        )
     builder.download_and_prepare()
     splits = builder.info.splits
     candidates = SPLIT_ALIASES.get(split, (split,))
@@ -156,10 +270,14 @@ def load_tfds(name, split, data_dir=None):
     return Split(label.num_classes, list(label.names), tfds=ds)
 
 
-def load(data, split, data_dir=None):
-    """A :class:`Split` of ``data`` (a folder path or a TFDS name)."""
+def load(data, split, data_dir=None, limit=None):
+    """A :class:`Split` of ``data`` (a folder path or a TFDS name); ``limit``: see
+    :func:`load_folder` (a TFDS split is loaded whole)."""
     if os.path.isdir(str(data)):
-        return load_folder(data, split)
+        return load_folder(data, split, limit=limit)
+    if os.path.exists(str(data)):
+        raise BadArgument(f"--data {data!r} is a file; give a folder holding train/ and test/ (or "
+                          "train.tar.gz / test.tar.gz), or a TFDS name")
     if os.path.sep in str(data) or str(data).startswith("."):
         raise FileNotFoundError(f"data folder {data!r} does not exist")
     return load_tfds(str(data), split, data_dir)

@@ -32,6 +32,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from larq_esbnn.errors import BadArgument
+
 
 @dataclass
 class Step:
@@ -81,11 +83,17 @@ class Recipe:
     @classmethod
     def from_dict(cls, raw):
         raw = dict(raw)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown recipe keys {unknown}; allowed: {sorted(known)}")
-        raw["steps"] = [s if isinstance(s, Step) else Step(**s) for s in raw.get("steps", [])]
+        _check_fields(cls, raw, "recipe")
+        if not isinstance(raw.get("steps", []), list):
+            raise BadArgument(f"recipe: steps must be a list of [[steps]] tables, got {raw['steps']!r}")
+        steps = []
+        for i, s in enumerate(raw.get("steps", []), start=1):
+            if not isinstance(s, (Step, dict)):
+                raise BadArgument(f"recipe step {i}: expected a [[steps]] table, got {s!r}")
+            if isinstance(s, dict):
+                _check_fields(Step, s, f"recipe step {i}")
+            steps.append(s if isinstance(s, Step) else Step(**s))
+        raw["steps"] = steps
         recipe = cls(**raw)
         recipe.validate()
         return recipe
@@ -93,7 +101,10 @@ class Recipe:
     @classmethod
     def load(cls, path):
         with open(path, "rb") as f:
-            recipe = cls.from_dict(tomllib.load(f))
+            try:
+                recipe = cls.from_dict(tomllib.load(f))
+            except BadArgument as err:
+                raise BadArgument(f"{path}: {err}") from None
         if recipe.snapshot and not os.path.isabs(recipe.snapshot):
             recipe.snapshot = os.path.join(os.path.dirname(os.path.abspath(path)), recipe.snapshot)
         return recipe
@@ -112,6 +123,11 @@ class Recipe:
                 raise ValueError(f"step {i + 1}: optimizer must be 'adamw' or 'sgd', got {step.optimizer!r}")
             if not 0 <= step.momentum < 1:
                 raise ValueError(f"step {i + 1}: momentum must be in [0, 1), got {step.momentum}")
+            if step.warmup_epochs < 0 or step.weight_decay < 0:
+                raise BadArgument(f"step {i + 1}: warmup_epochs and weight_decay must be >= 0, got "
+                                  f"{step.warmup_epochs} and {step.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise BadArgument(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.distill_weight <= 1:
@@ -144,6 +160,33 @@ class Recipe:
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+# TOML value types accepted for each annotated field (an int where a float is expected is fine)
+_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,), list: (list,)}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               dict: "a table", list: "a list"}
+
+
+def _check_fields(cls, raw, where):
+    """Unknown keys, missing required keys and values of the wrong type of the
+    dataclass ``cls`` in ``raw`` -> :class:`BadArgument` naming the key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise BadArgument(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    missing = [name for name, f in fields.items() if name not in raw
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise BadArgument(f"{where}: missing required keys {missing}")
+    for name, value in raw.items():
+        kind = fields[name].type
+        kind = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list}.get(kind, kind)
+        allowed = _TYPES.get(kind)
+        if allowed is None or name == "steps":
+            continue
+        if not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool)):
+            raise BadArgument(f"{where}: {name} must be {_TYPE_NAMES[kind]}, got {value!r}")
 
 
 def default_recipe(model, data):

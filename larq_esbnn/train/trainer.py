@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from larq_esbnn import models
 from larq_esbnn import weights as weights_lib
+from larq_esbnn.errors import BadArgument
 from larq_esbnn.layers import TemperatureBinaryConv2D, no_fused_training
 from larq_esbnn.models.common import walk_layers
 from larq_esbnn.train import data as data_lib
@@ -688,6 +689,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
     tf.keras.utils.set_random_seed(recipe.seed)
     train_split = data_lib.load(recipe.data, "train")
     test_split = data_lib.load(recipe.data, "test")
+    data_lib.check_splits(train_split, test_split)
     size = recipe.image_size or models.entry(recipe.model).input_size
     model_args = {**recipe.model_args, "num_classes": train_split.num_classes, "input_shape": (size, size, 3)}
     if recipe.teachers:
@@ -783,6 +785,9 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     The result is exactly ``models.get(model_name, num_classes=K, **model_args)``
     with the pretrained backbone, so ``DIR/weights.h5`` loads with ``weights=``.
     """
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise BadArgument(f"finetune needs epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, "
+                          f"{batch_size} and {lr}")
     out = pathlib.Path(output)
     out.mkdir(parents=True, exist_ok=True)
     state = StateStore(out / "state").latest if resume else None
@@ -792,6 +797,7 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     tf.keras.utils.set_random_seed(seed)
     train_split = data_lib.load(data, "train")
     test_split = data_lib.load(data, "test")
+    data_lib.check_splits(train_split, test_split)
     size = image_size or models.entry(model_name).input_size
     args = {**(model_args or {}), "input_shape": (size, size, 3)}
     recipe = Recipe(model=model_name, data=str(data), model_args=model_args or {}, image_size=size,
@@ -812,6 +818,10 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     resume_epoch, prefix = (state["epoch"] + 1, state["prefix"]) if state else (0, None)
     fit_step(student, recipe.steps[0], 1, train_split, test_split, out, recipe, strategy, None, resume_epoch, prefix)
     save_weights_atomic(student, out / "weights.h5")
+    # what `predict --weights DIR/weights.h5` needs: the classes and how images were prepared
+    atomic_write_text(out / weights_lib.PREPROCESSING_FILE, json.dumps(dataclasses.asdict(weights_lib.Preprocessing(
+        f"fine-tuned on {data}", size, crop="resize" if size <= 64 else "center",
+        classes=tuple(train_split.class_names))), indent=2))
     metrics = evaluate(student, test_split, size, limit=test_limit or None)
     atomic_write_text(out / "metrics.json", json.dumps({**metrics, "model": model_name, "epochs": epochs}, indent=2))
     plot_curves(out)
