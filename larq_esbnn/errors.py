@@ -10,10 +10,7 @@ This module imports nothing from the package, so every module can use it.
 """
 
 import argparse
-import contextlib
-import os
 import pathlib
-import tempfile
 
 
 class UserError(Exception):
@@ -63,22 +60,3 @@ def check_new_output(path, overwrite=False):
     if path.exists() and not overwrite:
         raise OutputExists(f"output {path} already exists; pass --overwrite to replace it or choose "
                            "another name")
-
-
-@contextlib.contextmanager
-def replace_when_done(path):
-    """Yield a temporary path beside ``path`` (same suffix); when the block ends without
-    an error, rename it to ``path`` (readable by all, as a plain file would be);
-    otherwise remove it, so a failed write never leaves a partial or stale output."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".part{path.suffix}")
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -58,10 +58,9 @@ from larq_esbnn.errors import (
     check_new_output,
     non_negative_int,
     positive_int,
-    replace_when_done,
 )
 from larq_esbnn.models.common import walk_layers
-from larq_esbnn.util import IMAGENET_MEAN, IMAGENET_STD, decode_image
+from larq_esbnn.util import IMAGENET_MEAN, IMAGENET_STD, atomic_path, decode_image
 
 BCONV_OP = "LceBconv2d"
 REFERENCE_MODELS = ("quicknet", "mobilenet_v2", "resnet50")
@@ -714,7 +713,7 @@ def _cmd_export(args):
             f"{result['exact_fraction']:.0%} of the images, Keras top-1 "
             f"{result['keras_top1']:.3f}, LCE top-1 {result['lce_top1']:.3f}"
         )
-    with replace_when_done(out) as tmp:
+    with atomic_path(out) as tmp:
         pathlib.Path(tmp).write_bytes(fb)
     print(f"wrote {out} ({len(fb)} bytes, {len(fb) / 1e6:.2f} MB)")
     return 0 if check.ok else 1

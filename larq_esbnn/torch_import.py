@@ -66,10 +66,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from larq_esbnn import registry
-from larq_esbnn.errors import BadArgument, BadWeights, check_new_output, replace_when_done
+from larq_esbnn.errors import BadArgument, BadWeights, check_new_output
 from larq_esbnn.layers import BinaryConv2D
 from larq_esbnn.quantizers import TEMPERATURE_BINARY_THRESHOLD
-from larq_esbnn.util import sha256_file
+from larq_esbnn.util import atomic_path, sha256_file
 
 SUPPORTED = {
     "reactnet_a": "ReActNet release (MobileNet, step 2)",
@@ -544,7 +544,7 @@ def _cli_import(args):
     except ImportError as err:  # torch is an optional extra
         print(f"larq-esbnn import-torch: error: {err}", file=sys.stderr)
         return 2
-    with replace_when_done(args.output) as tmp:
+    with atomic_path(args.output) as tmp:
         model.save_weights(tmp)
     print(f"wrote {args.output} ({model.count_params():,} parameters, "
           f"{len(unused)} unused checkpoint tensors)")

@@ -31,19 +31,23 @@ def cache_dir(path=None):
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix=".part"):
+def atomic_path(path, suffix=None):
     """Yield a temporary file name beside ``path``; on a clean exit it replaces ``path``.
 
-    ``suffix`` ends the temporary name (``.part.h5`` for writers that choose the
-    format by the extension). On an exception the temporary file is removed
-    and ``path`` is left as it was.
+    ``suffix`` ends the temporary name (default ``.part`` + the suffix of ``path``,
+    so writers that choose the format by the extension still see it). The result
+    gets the permissions of a plainly created file (``0666`` minus the umask, not
+    ``mkstemp``'s ``0600``). On an exception the temporary file is removed and
+    ``path`` is left as it was: a failed write never leaves a partial output.
     """
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or f".part{path.suffix}")
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs and the cache are read like any file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

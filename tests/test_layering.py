@@ -8,7 +8,8 @@ is an edge to ``pkg.name`` when that is a module, else to ``pkg``. Importing
 not counted (the root ``__init__`` imports the public modules, so counting them
 would make every module a cycle).
 
-Layers, bottom up: ``util`` and ``registry`` (import nothing from the package),
+Layers, bottom up: ``util`` and ``errors`` (import nothing from the package) and
+``registry`` (imports ``errors`` only),
 ``quantizers`` -> ``layers`` -> ``blocks``, then ``torch_import`` and
 ``weights`` (conversion and loading; they build a model by name only through
 ``registry``), then the families in ``models``, then ``report``, ``export``,
@@ -21,7 +22,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "larq_esbnn"
-CORE = ("util", "registry", "quantizers", "layers", "blocks")
+CORE = ("util", "errors", "registry", "quantizers", "layers", "blocks")
 
 
 def module_files(root):
