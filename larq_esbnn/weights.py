@@ -691,7 +691,7 @@ def converted_checkpoint(model, name, checkpoint, cache_dir=None):
         raise WeightsError(f"{checkpoint} is not a {name} checkpoint: {err}") from None
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        util.atomic_write_text(directory / ".writable", "")
+        tempfile.TemporaryFile(dir=directory).close()  # writable? (the file is gone at once)
     except OSError as err:  # the cache only saves converting again: convert into a temporary folder
         print(f"larq-esbnn: warning: cannot write to the cache {directory} ({err.strerror}); set "
               f"{CACHE_ENV} to a writable directory to keep converted checkpoints", file=sys.stderr)

@@ -17,6 +17,8 @@ import math
 import os
 import pathlib
 import shutil
+import signal
+import threading
 import time
 
 import numpy as np
@@ -310,13 +312,37 @@ def has_weight_temperature(model):
     return any(isinstance(layer, TemperatureBinaryConv2D) for layer in walk_layers(model))
 
 
+@contextlib.contextmanager
+def _ctrl_c_as_flag(monitor):
+    """While training, Ctrl-C (SIGINT) only sets ``monitor.interrupted``: the batch in
+    flight ends and :func:`fit_step` raises KeyboardInterrupt at the next batch
+    boundary, without saving the unfinished epoch. (A KeyboardInterrupt raised at an
+    arbitrary point can land in a finaliser, where Python prints and drops it, and
+    the run goes on.) A second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if monitor.interrupted:
+            raise KeyboardInterrupt
+        monitor.interrupted = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _Monitor(tf.keras.callbacks.Callback):
-    """Adds images/s to the epoch logs and stops on a non-finite loss."""
+    """Adds images/s to the epoch logs and stops on a non-finite loss or Ctrl-C."""
 
     def __init__(self, batch_size):
         super().__init__()
         self.batch_size = batch_size
         self.bad_loss = None
+        self.interrupted = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start, self.steps = time.perf_counter(), 0
@@ -324,6 +350,8 @@ class _Monitor(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
         self.train_time = time.perf_counter() - self.start
+        if self.interrupted:
+            self.model.stop_training = True
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.bad_loss = (batch, float(loss))
@@ -436,10 +464,13 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
         train_ds = data_lib.dataset(
             train, size, recipe.batch_size, True, recipe.seed, offset + epoch, recipe.train_limit or None
         )
-        trainer.fit(
-            train_ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=test_ds,
-            callbacks=callbacks, verbose=1 if os.environ.get("LARQ_ESBNN_QUIET") is None else 2,
-        )
+        with _ctrl_c_as_flag(monitor):
+            trainer.fit(
+                train_ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=test_ds,
+                callbacks=callbacks, verbose=1 if os.environ.get("LARQ_ESBNN_QUIET") is None else 2,
+            )
+        if monitor.interrupted:
+            raise KeyboardInterrupt  # the unfinished epoch is not saved
         if monitor.bad_loss is not None:
             batch, value = monitor.bad_loss
             latest = store.latest
