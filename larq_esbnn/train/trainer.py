@@ -10,6 +10,7 @@ Output folder layout (``DIR``)::
 """
 
 import contextlib
+import csv
 import dataclasses
 import inspect
 import json
@@ -646,8 +647,6 @@ def read_snapshot(folder, recipe):
 
 
 def _history_rows(path):
-    import csv
-
     if not pathlib.Path(path).exists():
         return []
     with open(path, newline="") as f:
@@ -661,8 +660,6 @@ def write_snapshot(run, folder, note=""):
     ``history.csv``, the per-epoch log of every run that continued this schedule
     (rows already in the folder are kept; a re-run epoch keeps its newest row).
     Every file is written under a temporary name and renamed. Returns the position."""
-    import csv
-
     run, folder = pathlib.Path(run), pathlib.Path(folder)
     state = StateStore(run / "state").latest if (run / "state").is_dir() else None
     if state is None:
