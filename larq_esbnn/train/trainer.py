@@ -807,11 +807,15 @@ def evaluate(model, split, size=None, batch_size=INFERENCE_BATCH, limit=None):
 
 
 def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3, freeze_backbone=False,
-             image_size=0, resume=False, strategy="auto", model_args=None, train_limit=0, test_limit=0, seed=0):
+             image_size=0, resume=False, strategy="auto", model_args=None, train_limit=0, test_limit=0, seed=0,
+             val_limit=0):
     """Replace the head of a pretrained model for ``data``'s classes and train it.
 
     The result is exactly ``models.get(model_name, num_classes=K, **model_args)``
     with the pretrained backbone, so ``DIR/weights.h5`` loads with ``weights=``.
+    ``weights=None`` trains the same model from a random initialisation with the
+    same schedule (the from-scratch baseline of a transfer comparison).
+    ``val_limit``: per-epoch test metrics on that many test images (0: as ``test_limit``).
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise BadArgument(f"finetune needs epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, "
@@ -831,12 +835,12 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     recipe = Recipe(model=model_name, data=str(data), model_args=model_args or {}, image_size=size,
                     batch_size=batch_size, seed=seed, label_smoothing=0.1,
                     steps=[Step(epochs=epochs, lr=lr, warmup_epochs=0)],
-                    train_limit=train_limit, test_limit=test_limit)
-    atomic_write_text(out / "recipe.json", json.dumps({**json.loads(recipe.to_json()), "weights": str(weights),
+                    train_limit=train_limit, test_limit=test_limit, val_limit=val_limit)
+    atomic_write_text(out / "recipe.json", json.dumps({**json.loads(recipe.to_json()), "weights": None if weights is None else str(weights),
                                                          "freeze_backbone": freeze_backbone}, indent=2))
     with strategy.scope():
         student = models.get(model_name, num_classes=train_split.num_classes, **args)
-        if state is None:
+        if state is None and weights is not None:
             backbone = models.get(model_name, include_top=False, weights=weights, **args)
             models.transfer_weights(backbone, student)
             del backbone
