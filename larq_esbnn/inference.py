@@ -9,7 +9,10 @@ The preprocessing is the one recorded with the weights in the registry
 centre crop, mean / std, class names). For weights given as a file, it is
 that of the model's registered weights (CIFAR-10 for the ResNet-20 family,
 ImageNet for the models with a released ImageNet checkpoint), or the one named
-by ``dataset=`` / ``--dataset``.
+by ``dataset=`` / ``--dataset``. Weights written by a fine-tuning run
+(``larq-esbnn finetune ... --output RUN``) carry their own: ``RUN/preprocessing.json``
+(data set, input size, crop, class names) and ``RUN/recipe.json`` (model and its
+arguments) beside ``RUN/weights.h5``, so the run's class names are printed.
 
 The output follows ``keras.applications.*.decode_predictions``: per image, the
 ``top`` classes with their softmax probabilities, most likely first. ImageNet
@@ -27,7 +30,7 @@ import numpy as np
 
 from larq_esbnn import models
 from larq_esbnn import weights as weights_lib
-from larq_esbnn.errors import BadData
+from larq_esbnn.errors import BadArgument, BadData
 from larq_esbnn.util import decode_image
 
 Prediction = namedtuple("Prediction", ["index", "label", "name", "probability"])
@@ -60,6 +63,34 @@ def preprocessing_for(model_name, weights=None, dataset=None):
         f"cannot tell which data set the weights {weights!r} of {model_name!r} were trained on; "
         f"pass dataset= (--dataset) as one of {sorted(weights_lib.PREPROCESSING)}"
     )
+
+
+def run_record(weights):
+    """What a fine-tuning run recorded beside ``weights`` (``DIR/weights.h5``):
+    ``{"model_args": ..., "input_size": ...}`` from its ``recipe.json`` and
+    ``preprocessing.json``; empty values for any other weights."""
+    out = {"model_args": {}, "input_size": 0, "model": None}
+    if not isinstance(weights, (str, pathlib.Path)) or not os.path.isfile(weights):
+        return out
+    prep = weights_lib.preprocessing_beside(weights)
+    if prep is not None:
+        out["input_size"] = prep.input_size
+        recipe = pathlib.Path(weights).with_name("recipe.json")
+        try:
+            recorded = json.loads(recipe.read_text())
+            out["model_args"] = dict(recorded.get("model_args") or {})
+            out["model"] = recorded.get("model")
+        except (OSError, ValueError, AttributeError):
+            pass  # weights without their run's recipe: the model's default arguments
+    return out
+
+
+def check_run_model(model_name, weights):
+    """A :class:`BadArgument` when ``weights`` come from a fine-tuning run of another model."""
+    recorded = run_record(weights)["model"]
+    if recorded and recorded != model_name.split(".", 1)[0]:
+        raise BadArgument(f"{weights} are weights of {recorded} (its run's recipe.json), not {model_name}; "
+                          f"give MODEL {recorded}")
 
 
 def load_image(path, prep):
@@ -123,6 +154,8 @@ def predict(model_name, weights, images, top=5, dataset=None, model=None, **mode
         raise ValueError(f"top must be >= 1, got {top}")
     prep = preprocessing_for(model_name, weights, dataset)
     if model is None:
+        check_run_model(model_name, weights)
+        model_args = {**run_record(weights)["model_args"], **model_args}
         model = models.get(model_name, weights=weights, num_classes=len(prep.class_names()),
                            input_shape=(prep.input_size, prep.input_size, 3), **model_args)
     batch = np.stack([load_image(p, prep) for p in images])
@@ -153,9 +186,10 @@ def add_commands(subparsers):
 
 def _cli_predict(args):
     models.entry(args.model)  # unknown model -> error listing the models
+    check_run_model(args.model, args.weights)
     prep = preprocessing_for(args.model, args.weights, args.dataset)
     model = models.get(args.model, weights=args.weights, num_classes=len(prep.class_names()),
-                       input_shape=(prep.input_size, prep.input_size, 3))
+                       input_shape=(prep.input_size, prep.input_size, 3), **run_record(args.weights)["model_args"])
     if not args.json:
         print(f"{args.model}, weights {args.weights}: {prep.dataset} preprocessing "
               f"({prep.input_size}x{prep.input_size}, {prep.crop}, mean {_fmt(prep.mean)}, "
@@ -189,4 +223,4 @@ def _fmt(values):
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
-__all__ = ["Prediction", "decode_predictions", "load_image", "predict", "preprocessing_for"]
+__all__ = ["Prediction", "decode_predictions", "load_image", "predict", "preprocessing_for", "run_record"]

@@ -145,26 +145,70 @@ def _train(args):
         train(recipe, args.output, resume=args.resume, strategy=args.strategy)
 
 
-def _finetune(args):
-    from larq_esbnn.train.trainer import finetune
+# fine-tuning without --recipe: one step, AdamW, no warm-up (trainer.finetune)
+FINETUNE_DEFAULTS = {"epochs": 5, "batch_size": 64, "lr": 1e-3}
 
-    model_args = _model_args(args.arg, args.model)
+
+def _finetune_recipe(args):
+    """The fine-tuning recipe: ``--recipe`` with the options given on the command line
+    on top, or the defaults of :func:`larq_esbnn.train.trainer.finetune`."""
+    from larq_esbnn.train.recipe import Recipe, Step
+
+    if args.recipe:
+        recipe = Recipe.load(args.recipe)
+        if args.model:
+            recipe.model = args.model
+    elif not args.model or not args.data:
+        raise BadArgument("finetune needs MODEL and --data, or --recipe FILE (e.g. training/finegrained/cub200.toml)")
+    else:
+        recipe = Recipe(model=args.model, data=args.data, batch_size=FINETUNE_DEFAULTS["batch_size"],
+                        steps=[Step(epochs=FINETUNE_DEFAULTS["epochs"], lr=FINETUNE_DEFAULTS["lr"])])
+    if args.data:
+        recipe.data = args.data
+    for key in ("batch_size", "image_size", "seed"):
+        if getattr(args, key) is not None:
+            setattr(recipe, key, getattr(args, key))
+    for key in ("train_limit", "test_limit"):
+        if getattr(args, key):
+            setattr(recipe, key, getattr(args, key))
+    if args.epochs is not None:
+        recipe.steps[0].epochs = args.epochs
+    if args.lr is not None:
+        recipe.steps[0].lr = args.lr
+    if args.freeze_backbone:
+        recipe.backbone_lr_scale = 0.0
+    elif args.backbone_lr_scale is not None:
+        recipe.backbone_lr_scale = args.backbone_lr_scale
+    recipe.model_args.update(_model_args(args.arg, recipe.model))
+    recipe.validate()
+    return recipe
+
+
+def _finetune(args):
+    from larq_esbnn.train.trainer import finetune_recipe
+
+    recipe = _finetune_recipe(args)
+    weights = None if args.weights.lower() in ("none", "scratch") else args.weights
     _check_output_folder(args.output, args.overwrite)
+    start = "from a random initialisation" if weights is None else f"from {weights}"
+    print(f"{recipe.model}: fine-tuning {start} on {recipe.data}, {recipe.steps[0].epochs} epochs, "
+          f"lr {recipe.steps[0].lr:g} (backbone x{recipe.backbone_lr_scale:g})")
     with _run_folder(args.output, args.argv):
-        finetune(args.model, args.weights, args.data, args.output, epochs=args.epochs, batch_size=args.batch_size,
-                 lr=args.lr, freeze_backbone=args.freeze_backbone, image_size=args.image_size, resume=args.resume,
-                 strategy=args.strategy, model_args=model_args, train_limit=args.train_limit,
-                 test_limit=args.test_limit)
+        finetune_recipe(recipe, weights, args.output, resume=args.resume, strategy=args.strategy)
 
 
 def _evaluate(args):
     from larq_esbnn import models
+    from larq_esbnn.inference import check_run_model, run_record
     from larq_esbnn.train import data as data_lib
     from larq_esbnn.train.trainer import INFERENCE_BATCH, evaluate
 
-    model_args = _model_args(args.arg, args.model)
+    check_run_model(args.model, args.weights)
+    # a fine-tuning run's weights: its input size and model arguments are recorded beside them
+    recorded = run_record(args.weights)
+    model_args = {**recorded["model_args"], **_model_args(args.arg, args.model)}
     split = data_lib.load(args.data, args.split, limit=args.limit)
-    size = args.image_size or models.entry(args.model).input_size
+    size = args.image_size or recorded["input_size"] or models.entry(args.model).input_size
     try:
         model = models.get(args.model, weights=args.weights, num_classes=split.num_classes,
                            input_shape=(size, size, 3), **model_args)
@@ -219,15 +263,26 @@ def add_commands(sub):
                    help="per-epoch test metrics on N test images (default: as --test-limit)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("finetune", parents=[common], help="replace the head and fine-tune a pretrained model")
-    p.add_argument("model")
-    p.add_argument("--weights", required=True, help="tag, file or URL of the pretrained weights")
-    p.add_argument("--data", required=True)
+    p = sub.add_parser("finetune", parents=[common], help="replace the head and fine-tune a pretrained model",
+                       description="Fine-tune MODEL with a new head for the classes of --data. Without --recipe: "
+                       "one step, AdamW, no warm-up, 5 epochs, batch 64, lr 1e-3. With --recipe (e.g. "
+                       f"{RECIPES / 'finegrained'}/*.toml) the recipe's settings, the options given here on top.")
+    p.add_argument("model", nargs="?", help="registered model name (overrides the recipe's)")
+    p.add_argument("--recipe", help="fine-tuning recipe TOML (one step; see training/finegrained/README.md)")
+    p.add_argument("--weights", required=True,
+                   help="tag, .h5 file, PyTorch checkpoint (.pth) or URL of the pretrained weights; "
+                        "'none' trains from a random initialisation")
+    p.add_argument("--data", default=None,
+                   help="image folder, unpacked CUB / Flowers-102 / FGVC-Aircraft / Stanford Cars / Stanford Dogs "
+                        "archive, or TFDS name (default: the recipe's)")
     p.add_argument("--output", required=True)
-    p.add_argument("--epochs", type=positive_int, default=5)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: the recipe's, else 5")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the recipe's, else 64")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak lr of the head (default: the recipe's, else 1e-3)")
+    p.add_argument("--backbone-lr-scale", type=float, default=None, metavar="S",
+                   help="the pretrained layers train at S x lr (0..1; default: the recipe's, else 1)")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the head only (--backbone-lr-scale 0)")
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true",
                    help="write into an --output folder that holds other files (they may be replaced)")

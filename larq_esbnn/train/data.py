@@ -1,9 +1,12 @@
 """Data sets for training, fine-tuning and evaluation.
 
 ``--data`` is a TFDS name (``cifar10``, ``imagenet2012``, ``caltech_birds2011``,
-``oxford_flowers102``, ``stanford_dogs``, ``cars196`` ...) or an image-folder
-directory ``DIR/{train,test}/<class>/*.jpg``; a directory holding
-``train.tar.gz`` / ``test.tar.gz`` of that layout is extracted once into the cache.
+``oxford_flowers102``, ``stanford_dogs``, ``cars196`` ...), an image-folder
+directory ``DIR/{train,test}/<class>/*.jpg`` (a directory holding
+``train.tar.gz`` / ``test.tar.gz`` of that layout is extracted once into the cache),
+or the unpacked archive of one of the five fine-grained data sets of BCDNet's
+Table 3 (CUB-200-2011, Flowers-102, FGVC-Aircraft, Stanford Cars, Stanford Dogs;
+readers in :mod:`larq_esbnn.train.finegrained`).
 
 Small images (<= 64 px, e.g. CIFAR-10) are decoded once and cached as uint8
 arrays (``.npy``); larger ones stream from disk with parallel decoding. Every
@@ -28,6 +31,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from larq_esbnn.errors import BadArgument, BadData
+from larq_esbnn.train import finegrained
 from larq_esbnn.util import (
     CACHE_ENV,
     IMAGENET_MEAN,
@@ -62,6 +66,7 @@ class Split:
     files: list = None  # paths (large images)
     labels: np.ndarray = None
     tfds: object = None  # tf.data of (image, label) from TFDS
+    title: str = ""  # the data set's name where it is known (e.g. "CUB-200-2011")
 
     def subset(self, limit, seed=0):
         """A fixed random subset of ``limit`` examples (all classes represented), or self."""
@@ -72,7 +77,7 @@ class Split:
             self.num_classes, self.class_names,
             images=None if self.images is None else self.images[keep],
             files=None if self.files is None else [self.files[i] for i in keep],
-            labels=self.labels[keep],
+            labels=self.labels[keep], title=self.title,
         )
 
     def __len__(self):
@@ -265,15 +270,22 @@ def load_tfds(name, split, data_dir=None):
     if splits and not available:
         raise ValueError(f"TFDS {name!r} has no {split!r} split; it has {sorted(splits)}")
     candidate = available[0] if available else candidates[0]  # no split metadata (e.g. mocked data)
+    # e.g. Flowers-102 trains on train + validation, as the folder reader does
+    candidate = finegrained.TFDS_SPLITS.get(name, {}).get(split, candidate)
     ds = builder.as_dataset(split=candidate, as_supervised=True, shuffle_files=False)
     label = builder.info.features["label"]
-    return Split(label.num_classes, list(label.names), tfds=ds)
+    names = finegrained.tfds_class_names(name, builder, list(label.names))
+    return Split(label.num_classes, names, tfds=ds, title=finegrained.TFDS_TITLES.get(name, name))
 
 
 def load(data, split, data_dir=None, limit=None):
     """A :class:`Split` of ``data`` (a folder path or a TFDS name); ``limit``: see
     :func:`load_folder` (a TFDS split is loaded whole)."""
     if os.path.isdir(str(data)):
+        listing = finegrained.read(data, split)
+        if listing is not None:
+            return Split(len(listing.class_names), listing.class_names, files=listing.files, labels=listing.labels,
+                         title=listing.title).subset(limit)
         return load_folder(data, split, limit=limit)
     if os.path.exists(str(data)):
         raise BadArgument(f"--data {data!r} is a file; give a folder holding train/ and test/ (or "
@@ -283,28 +295,38 @@ def load(data, split, data_dir=None, limit=None):
     return load_tfds(str(data), split, data_dir)
 
 
-def _augment(image, size, seed):
+def _augment(image, size, seed, min_area=0.08):
     """Stateless training augmentation: pad-crop + flip at <= 64 px, random-resized
-    crop + flip above."""
+    crop (``min_area`` to all of the image, aspect 3/4 to 4/3) + flip above."""
     s1, s2 = seed + [0, 1], seed + [0, 2]
     if size <= 64:
+        image = _resize_if_needed(image, size)  # large photos at a small size (arrays already fit)
         pad = size // 8
         image = tf.image.resize_with_crop_or_pad(image, size + 2 * pad, size + 2 * pad)
         image = tf.image.stateless_random_crop(image, [size, size, 3], seed=s1)
     else:
         begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
             tf.shape(image), tf.zeros([1, 0, 4]), seed=s1, min_object_covered=0.0,
-            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), use_image_if_no_bounding_boxes=True,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(min_area, 1.0), use_image_if_no_bounding_boxes=True,
         )
         image = tf.image.resize(tf.slice(image, begin, extent), [size, size])
     return tf.image.stateless_random_flip_left_right(image, seed=s2)
+
+
+def _resize_if_needed(image, size):
+    """``image`` resized to size x size unless it already is (exactly unchanged then)."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    shape = tf.shape(image)
+    return tf.cond(tf.logical_and(shape[0] == size, shape[1] == size), lambda: image,
+                   lambda: tf.image.resize(image, [size, size]))
 
 
 def _center(image, size):
     if image.shape[0] == size and image.shape[1] == size:
         return image
     if size <= 64:
-        return tf.image.resize(image, [size, size])
+        return _resize_if_needed(image, size)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = (size / 0.875) / tf.reduce_min(shape)
     image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
@@ -322,10 +344,11 @@ def _source(split):
     return split.tfds
 
 
-def dataset(split, size, batch_size, training, seed=0, epoch=0, limit=None):
+def dataset(split, size, batch_size, training, seed=0, epoch=0, limit=None, min_crop_area=0.08):
     """Batched, normalised ``(image, one-hot label)``; ``training`` adds a
     deterministic per-epoch shuffle and augmentation, and drops the last partial batch.
-    ``limit`` keeps a fixed random subset of that many examples."""
+    ``limit`` keeps a fixed random subset of that many examples; ``min_crop_area``:
+    see :func:`_augment`."""
     split = split.subset(limit)
     n = len(split)
     if split.images is not None:
@@ -345,7 +368,7 @@ def dataset(split, size, batch_size, training, seed=0, epoch=0, limit=None):
         image, label = example
         image = tf.cast(image, tf.float32)
         if training:
-            image = _augment(image, size, tf.stack([tf.cast(seed * 100003 + epoch, tf.int64), index]))
+            image = _augment(image, size, tf.stack([tf.cast(seed * 100003 + epoch, tf.int64), index]), min_crop_area)
         else:
             image = _center(image, size)
         image = tf.ensure_shape(image, [size, size, 3])

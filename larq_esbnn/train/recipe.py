@@ -79,6 +79,13 @@ class Recipe:
     # epoch reached, the schedule, sha256) + history.csv. `train --resume` continues
     # from it when the run folder has no checkpoint (see trainer.read_snapshot)
     snapshot: str = ""
+    # random-resized-crop augmentation above 64 px: the smallest fraction of the image
+    # area a training crop keeps (0.08 is the ImageNet convention)
+    min_crop_area: float = 0.08
+    # fine-tuning only (`larq-esbnn finetune --recipe`): the learning rate of every
+    # pretrained layer is lr * backbone_lr_scale, the new head's is lr (0 freezes the
+    # backbone; ignored when training from scratch, where every layer is new)
+    backbone_lr_scale: float = 1.0
 
     @classmethod
     def from_dict(cls, raw):
@@ -137,6 +144,13 @@ class Recipe:
                 "weight_temperature_start must be >= 0 and weight_temperature_decay in (0, 1], got "
                 f"{self.weight_temperature_start} and {self.weight_temperature_decay}"
             )
+        if not 0 < self.min_crop_area <= 1:
+            raise BadArgument(f"min_crop_area must be in (0, 1], got {self.min_crop_area}")
+        if not 0 <= self.backbone_lr_scale <= 1:
+            raise BadArgument(f"backbone_lr_scale must be in [0, 1], got {self.backbone_lr_scale}")
+        if self.backbone_lr_scale not in (0, 1) and any(s.optimizer != "adamw" for s in self.steps):
+            raise BadArgument(f"backbone_lr_scale {self.backbone_lr_scale} needs optimizer = \"adamw\" in every "
+                              "step (0 and 1 work with any optimizer)")
         if self.teachers and (self.teacher or len(self.teachers) < 2):
             raise ValueError(
                 f"teachers needs at least two entries ([assistant, main]) and no `teacher`; got "

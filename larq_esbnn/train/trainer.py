@@ -108,6 +108,11 @@ class FusedAdamW(tf.keras.optimizers.AdamW):
     halves it (CPU of the first step: resnet20 37 -> 18 s, binaryvit_cifar 100 -> 43 s;
     ``benchmarks/trace_time.py``, table in ``benchmarks/README.md``).
     Sparse gradients and ``amsgrad`` take the stock path.
+
+    ``lr_multipliers`` (variable key -> factor, see :func:`scale_backbone_lr`) gives
+    chosen variables a fraction of the learning rate: fine-tuning a pretrained
+    backbone more gently than its new head. It is set before the first step and is
+    not part of the optimizer's state.
     """
 
     def apply_gradients(self, grads_and_vars, *args, **kwargs):
@@ -136,7 +141,11 @@ class FusedAdamW(tf.keras.optimizers.AdamW):
         if isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
             return super().update_step(gradient, variable)
         lr, b1_power, b2_power, b1, b2, eps = self._scalars(variable.dtype)
-        index = self._index_dict[self._var_key(variable)]
+        key = self._var_key(variable)
+        factor = self.__dict__.get("lr_multipliers", {}).get(key, 1.0)
+        if factor != 1.0:
+            lr = lr * tf.constant(factor, lr.dtype)
+        index = self._index_dict[key]
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
             beta1_power=b1_power, beta2_power=b2_power, lr=lr, beta1=b1, beta2=b2, epsilon=eps, grad=gradient,
@@ -424,6 +433,20 @@ def make_optimizer(step, steps_per_epoch, lr_offset=0):
     return opt
 
 
+def backbone_variables(student):
+    """The trainable variables of every layer except the classifier head (``head_*``)."""
+    return [v for layer in student.layers if not layer.name.startswith("head_") for v in layer.trainable_weights]
+
+
+def scale_backbone_lr(optimizer, student, scale):
+    """Give the backbone ``scale`` times the learning rate of the head (a :class:`FusedAdamW`)."""
+    if scale == 1:
+        return
+    if not isinstance(optimizer, FusedAdamW):
+        raise BadArgument(f"backbone_lr_scale {scale} needs the adamw optimizer, got {type(optimizer).__name__}")
+    optimizer.__dict__["lr_multipliers"] = {optimizer._var_key(v): float(scale) for v in backbone_variables(student)}
+
+
 def fit_step(student, step, step_index, train, test, out, recipe, strategy, teacher=None, resume_epoch=0, state=None,
              lr_offset=0):
     """Train ``student`` for one recipe step; checkpoint after every epoch. ``state``
@@ -440,6 +463,8 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
             trainer = BNNTrainer(student, teacher, recipe.label_smoothing, recipe.distill_weight,
                                  fused_training=recipe.fused_training)
         optimizer = make_optimizer(step, steps_per_epoch, lr_offset)
+        if 0 < recipe.backbone_lr_scale < 1:  # 0: the backbone is frozen (not trainable) instead
+            scale_backbone_lr(optimizer, student, recipe.backbone_lr_scale)
         trainer.compile(optimizer=optimizer)
     if state is not None:
         with strategy.scope():
@@ -463,7 +488,8 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
     for epoch in range(resume_epoch, step.epochs):
         print(f"step {step_index}/{len(recipe.steps)}, epoch {epoch + 1}/{step.epochs}")
         train_ds = data_lib.dataset(
-            train, size, recipe.batch_size, True, recipe.seed, offset + epoch, recipe.train_limit or None
+            train, size, recipe.batch_size, True, recipe.seed, offset + epoch, recipe.train_limit or None,
+            min_crop_area=recipe.min_crop_area,
         )
         with _ctrl_c_as_flag(monitor):
             trainer.fit(
@@ -703,6 +729,9 @@ def write_snapshot(run, folder, note=""):
 def train(recipe: Recipe, output, resume=False, strategy="auto"):
     """Run every step of ``recipe`` into ``output``; returns the final metrics dict."""
     out = pathlib.Path(output)
+    if recipe.backbone_lr_scale != 1:
+        raise BadArgument(f"backbone_lr_scale = {recipe.backbone_lr_scale} is for fine-tuning recipes; run them with "
+                          "`larq-esbnn finetune --recipe` (train starts every layer the same way)")
     state = StateStore(out / "state").latest if resume and (out / "state").is_dir() else None
     if not resume and (out / "state" / "latest.json").exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
@@ -816,46 +845,79 @@ def finetune(model_name, weights, data, output, epochs=5, batch_size=64, lr=1e-3
     ``weights=None`` trains the same model from a random initialisation with the
     same schedule (the from-scratch baseline of a transfer comparison).
     ``val_limit``: per-epoch test metrics on that many test images (0: as ``test_limit``).
+    One step (binary weights), AdamW, no warm-up, label smoothing 0.1; a recipe file
+    sets the rest: :func:`finetune_recipe`.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise BadArgument(f"finetune needs epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, "
                           f"{batch_size} and {lr}")
-    out = pathlib.Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    state = StateStore(out / "state").latest if resume else None
-    if not resume and (out / "state" / "latest.json").exists():
-        raise FileExistsError(f"{out} already holds a run; pass --resume or choose another --output")
-    strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
-    tf.keras.utils.set_random_seed(seed)
-    train_split = data_lib.load(data, "train")
-    test_split = data_lib.load(data, "test")
-    data_lib.check_splits(train_split, test_split)
-    size = image_size or models.entry(model_name).input_size
-    args = {**(model_args or {}), "input_shape": (size, size, 3)}
-    recipe = Recipe(model=model_name, data=str(data), model_args=model_args or {}, image_size=size,
+    recipe = Recipe(model=model_name, data=str(data), model_args=model_args or {}, image_size=image_size,
                     batch_size=batch_size, seed=seed, label_smoothing=0.1,
                     steps=[Step(epochs=epochs, lr=lr, warmup_epochs=0)],
-                    train_limit=train_limit, test_limit=test_limit, val_limit=val_limit)
-    atomic_write_text(out / "recipe.json", json.dumps({**json.loads(recipe.to_json()), "weights": None if weights is None else str(weights),
-                                                         "freeze_backbone": freeze_backbone}, indent=2))
+                    train_limit=train_limit, test_limit=test_limit, val_limit=val_limit,
+                    backbone_lr_scale=0.0 if freeze_backbone else 1.0)
+    return finetune_recipe(recipe, weights, output, resume=resume, strategy=strategy)
+
+
+def finetune_recipe(recipe, weights, output, resume=False, strategy="auto"):
+    """Fine-tune ``recipe.model`` from ``weights`` (a tag, an ``.h5`` file, a PyTorch
+    checkpoint ``.pth``, a URL; None: from scratch) on ``recipe.data`` with a new head.
+
+    The recipe has one step; ``backbone_lr_scale`` gives the pretrained layers that
+    fraction of the head's learning rate (0 freezes them), ``min_crop_area`` sets the
+    augmentation, no distillation. Beside ``weights.h5`` the run writes
+    ``preprocessing.json`` (data set, input size, crop, mean / std, class names) and
+    ``recipe.json`` (model arguments), which ``predict`` and ``evaluate`` read.
+    """
+    if len(recipe.steps) != 1 or recipe.steps[0].epochs < 1:
+        raise BadArgument(f"a fine-tuning recipe has one [[steps]] table with epochs >= 1, got "
+                          f"{[s.epochs for s in recipe.steps]} epochs in {len(recipe.steps)} steps")
+    if recipe.teacher or recipe.teachers:
+        raise BadArgument("fine-tuning runs without distillation; set teacher = \"\" (and no teachers) in the recipe")
+    recipe.validate()
+    out = pathlib.Path(output)
+    state = StateStore(out / "state").latest if resume and (out / "state").is_dir() else None
+    if not resume and (out / "state" / "latest.json").exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume or choose another --output")
+    if weights is None and recipe.backbone_lr_scale != 1:
+        if recipe.backbone_lr_scale == 0:
+            raise BadArgument("a frozen backbone (backbone_lr_scale 0, --freeze-backbone) needs --weights; from "
+                              "scratch every layer must train")
+        print(f"from scratch: every layer is new, so backbone_lr_scale {recipe.backbone_lr_scale} is not applied")
+        recipe = dataclasses.replace(recipe, backbone_lr_scale=1.0)
+    strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
+    tf.keras.utils.set_random_seed(recipe.seed)
+    train_split = data_lib.load(recipe.data, "train")
+    test_split = data_lib.load(recipe.data, "test")
+    data_lib.check_splits(train_split, test_split)
+    size = recipe.image_size or models.entry(recipe.model).input_size
+    recipe = dataclasses.replace(recipe, image_size=size)
+    step = recipe.steps[0]
+    args = {**recipe.model_args, "input_shape": (size, size, 3), **_step_args(recipe.model, step)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recipe.json", json.dumps({
+        **json.loads(recipe.to_json()), "weights": None if weights is None else str(weights),
+        "freeze_backbone": recipe.backbone_lr_scale == 0}, indent=2))
     with strategy.scope():
-        student = models.get(model_name, num_classes=train_split.num_classes, **args)
+        student = models.get(recipe.model, num_classes=train_split.num_classes, **args)
         if state is None and weights is not None:
-            backbone = models.get(model_name, include_top=False, weights=weights, **args)
+            backbone = models.get(recipe.model, include_top=False, weights=weights, **args)
             models.transfer_weights(backbone, student)
             del backbone
-        if freeze_backbone:
+        if recipe.backbone_lr_scale == 0:
             for layer in student.layers:
                 layer.trainable = layer.name.startswith("head_")
     resume_epoch, prefix = (state["epoch"] + 1, state["prefix"]) if state else (0, None)
-    fit_step(student, recipe.steps[0], 1, train_split, test_split, out, recipe, strategy, None, resume_epoch, prefix)
+    fit_step(student, step, 1, train_split, test_split, out, recipe, strategy, None, resume_epoch, prefix)
     save_weights_atomic(student, out / "weights.h5")
     # what `predict --weights DIR/weights.h5` needs: the classes and how images were prepared
     atomic_write_text(out / weights_lib.PREPROCESSING_FILE, json.dumps(dataclasses.asdict(weights_lib.Preprocessing(
-        f"fine-tuned on {data}", size, crop="resize" if size <= 64 else "center",
+        f"fine-tuned on {train_split.title or recipe.data}", size, crop="resize" if size <= 64 else "center",
         classes=tuple(train_split.class_names))), indent=2))
-    metrics = evaluate(student, test_split, size, limit=test_limit or None)
-    atomic_write_text(out / "metrics.json", json.dumps({**metrics, "model": model_name, "epochs": epochs}, indent=2))
+    metrics = evaluate(student, test_split, size, limit=recipe.test_limit or None)
+    atomic_write_text(out / "metrics.json", json.dumps({**metrics, "model": recipe.model, "epochs": step.epochs},
+                                                       indent=2))
     plot_curves(out)
-    print(f"fine-tuned weights: {out / 'weights.h5'}\ntest top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} on {metrics['n']} images")
+    print(f"fine-tuned weights: {out / 'weights.h5'}\ntest top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} "
+          f"on {metrics['n']} images")
     return metrics
