@@ -68,7 +68,9 @@ def make_split(cifar10, target, classes):
 
 
 def mcnemar(a, b):
-    """Exact two-sided McNemar test of paired 0/1 outcomes: (only a right, only b right, p)."""
+    """Exact two-sided McNemar test of paired 0/1 outcomes (lists or "0101" strings):
+    (only a right, only b right, p)."""
+    a, b = [int(x) for x in a], [int(x) for x in b]
     only_a = int(sum(1 for x, y in zip(a, b) if x and not y))
     only_b = int(sum(1 for x, y in zip(a, b) if y and not x))
     n = only_a + only_b
@@ -95,6 +97,11 @@ def per_image(model_name, run, split, size):
     return right
 
 
+def git_commit():
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cifar10", default=str(ROOT.parent / "shared" / "datasets" / "cifar10"))
@@ -116,6 +123,7 @@ def main(argv=None):
     from larq_esbnn.train.trainer import finetune
     from larq_esbnn.util import atomic_write_text
 
+    commit = git_commit()  # the code this process runs (modules are imported once, at the start)
     out = pathlib.Path(args.output)
     classes = [c for c in args.classes.split(",") if c]
     folder = make_split(args.cifar10, out / "data", classes)
@@ -140,14 +148,15 @@ def main(argv=None):
                          resume=resume, train_limit=args.train_limit, seed=args.seed, val_limit=args.val_limit)
                 wall = time.perf_counter() - start
                 right = per_image(model_name, run, test, size)
-                atomic_write_text(run / "per_image.json", json.dumps({"right": right, "wall_time_sec": wall}))
+                atomic_write_text(run / "per_image.json", json.dumps({"right": right, "wall_time_sec": wall,
+                                                                      "commit": commit}))
             record = json.loads((run / "per_image.json").read_text())
             metrics = json.loads((run / "metrics.json").read_text())
             steps = (args.train_limit or len(data_lib.load(str(folder), "train"))) // args.batch_size * args.epochs
             results[name] = {"run": name, "model": model_name, "init": init, "top1": metrics["top1"],
                              "top5": metrics["top5"], "n": metrics["n"], "steps": steps,
-                             "wall_time_sec": round(record["wall_time_sec"], 1), "right": record["right"],
-                             "settings": vars(args)}
+                             "wall_time_sec": round(record["wall_time_sec"], 1), "commit": record.get("commit"),
+                             "right": "".join(str(int(x)) for x in record["right"]), "settings": vars(args)}
             assert sum(record["right"]) == round(metrics["top1"] * metrics["n"]), name
     report(results, args, classes)
 
@@ -155,8 +164,7 @@ def main(argv=None):
 def report(results, args, classes):
     from larq_esbnn.util import atomic_write_text
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commits = sorted({r.get("commit") or "?" for r in results.values()})
     command = "python training/cifar10_transfer.py " + " ".join(sys.argv[1:])
     pairs = []
     for model_name in [m for m in args.models.split(",") if m]:
@@ -166,7 +174,7 @@ def report(results, args, classes):
             pairs.append({"model": model_name, "pretrained_top1": a["top1"], "scratch_top1": b["top1"],
                           "difference": a["top1"] - b["top1"], "only_pretrained_right": only_a,
                           "only_scratch_right": only_b, "mcnemar_p": p, "n": a["n"]})
-    payload = {"issue": 33, "commit": commit, "command": command, "cpu": cpu_model(),
+    payload = {"issue": 33, "commits": commits, "command": command, "cpu": cpu_model(),
                "date": f"{datetime.date.today()}", "classes": classes, "image_size": 32,
                "runs": list(results.values()), "paired": pairs}
     atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
@@ -205,13 +213,17 @@ def report(results, args, classes):
         "from-scratch model would normally get.",
         "",
         "Command (wall times measured on a shared 2-core machine next to a training job with",
-        f"priority; CPU `{payload['cpu']}`; commit `{commit}`):",
+        f"priority; CPU `{payload['cpu']}`; code at commit {', '.join(f'`{c}`' for c in commits)}; "
+        f"the four runs' wall times add up to "
+        f"{sum(r['wall_time_sec'] for r in results.values()) / 60:.0f} min, each with its final evaluation; the script",
+        "scores every run's test images once more for the paired table):",
         "",
         "```bash",
         command,
         "```",
         "",
-        "Per-image results and settings: [transfer_cifar10.json](transfer_cifar10.json); the script:",
+        "Per-image results (`right`: one 0/1 character per test image, in the order of the test",
+        "folders) and settings: [transfer_cifar10.json](transfer_cifar10.json); the script:",
         "[training/cifar10_transfer.py](../training/cifar10_transfer.py).",
         "",
     ])
