@@ -12,12 +12,12 @@ Importing this package registers the detectors (``ssd_resnet20``,
 """
 
 from larq_esbnn.detection.ssd import (
+    build_ssd,
     detect,
     es_ssd_resnet20,
     es_ssdlite_reactnet_a,
-    ssd,
     ssd_resnet20,
     ssdlite_reactnet_a,
 )
 
-__all__ = ["detect", "es_ssd_resnet20", "es_ssdlite_reactnet_a", "ssd", "ssd_resnet20", "ssdlite_reactnet_a"]
+__all__ = ["build_ssd", "detect", "es_ssd_resnet20", "es_ssdlite_reactnet_a", "ssd_resnet20", "ssdlite_reactnet_a"]

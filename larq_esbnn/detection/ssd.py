@@ -63,7 +63,7 @@ def _join(tensors, name):
     return layers.Concatenate(axis=1, name=name)(tensors)
 
 
-def ssd(
+def build_ssd(
     *,
     backbone,
     out_indices,
@@ -146,7 +146,7 @@ def ssd_resnet20(*, input_shape=None, weights=None, backbone_weights=None, num_c
     is what it is meant for). ``backbone_weights="cifar10"`` starts from the shipped
     CIFAR-10 classifier.
     """
-    model = ssd(backbone=backbone, out_indices=(3,), extra_levels=3, scales=(0.15, 0.35, 0.6, 0.85),
+    model = build_ssd(backbone=backbone, out_indices=(3,), extra_levels=3, scales=(0.15, 0.35, 0.6, 0.85),
                 default_size=96, input_shape=input_shape, weights=weights, backbone_weights=backbone_weights,
                 num_classes=num_classes, tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
                 binary_weights=binary_weights, bn_momentum=bn_momentum, extra_channels=extra_channels,
@@ -170,7 +170,7 @@ def ssdlite_reactnet_a(*, input_shape=None, weights=None, backbone_weights=None,
     multiple of 64. ``backbone_weights`` takes the backbone's tags or files (the
     released ImageNet checkpoints are converted on first use).
     """
-    return ssd(backbone=backbone, out_indices=(3, 4), extra_levels=1, scales=(0.1, 0.3, 0.6, 0.9),
+    return build_ssd(backbone=backbone, out_indices=(3, 4), extra_levels=1, scales=(0.1, 0.3, 0.6, 0.9),
                default_size=320, input_shape=input_shape, weights=weights, backbone_weights=backbone_weights,
                num_classes=num_classes, tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
                binary_weights=binary_weights, bn_momentum=bn_momentum, extra_channels=extra_channels,

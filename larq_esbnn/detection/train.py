@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+import larq_esbnn.detection.ssd  # noqa: F401  (registers the detectors)
 from larq_esbnn import registry
-from larq_esbnn.detection import ssd as _ssd  # noqa: F401  (registers the detectors)
 from larq_esbnn.detection.anchors import anchor_boxes, match, postprocess
 from larq_esbnn.detection.data import dataset, load_split
 from larq_esbnn.errors import BadArgument, BadData, positive_float, positive_int
