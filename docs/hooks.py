@@ -41,6 +41,7 @@ API_EXPECTED = {
     "api/models.md": ["get", "names", "reactnet_a", "es_reactnet_a", "bcdnet_a", "resnet20.resnet20"],
     "api/report.md": ["summary", "capacity"],
     "api/export.md": ["export_tflite", "check_export", "optimize_for_inference", "benchmark"],
+    "api/detection.md": ["detect", "build_ssd", "ssd_resnet20"],
 }
 
 

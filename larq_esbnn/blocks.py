@@ -640,3 +640,14 @@ def bnext_stages(x, channels, cfg, name="b", temperature=0.0, unused_weights=Tru
         attention = i > 1 and i % 2 == 0
         x = bnext_block(x, channels[i], strides, attention, cfg, f"{name}{i}", temperature, unused_weights)
     return x
+
+
+def width_stage_ends(channels):
+    """Stage ends of a channel-list layout (:func:`mobilenet_stage`, :func:`bnext_stages`):
+    ``(block index, channels, stride-2 blocks so far)`` for the last block at each width."""
+    ends, down = [], 0
+    for i in range(1, len(channels)):
+        down += channels[i] != channels[i - 1] and i > 1
+        if i == len(channels) - 1 or channels[i + 1] != channels[i]:
+            ends.append((i, channels[i], down))
+    return ends

@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "larq_esbnn.export",  # export, benchmark
     "larq_esbnn.train.cli",  # train, finetune, evaluate
     "larq_esbnn.inference",  # predict
+    "larq_esbnn.detection.train",  # detect-train, detect-eval
 ]
 
 # command -> (module that defines it, one line for ``larq-esbnn --help``): the listing and
@@ -36,6 +37,8 @@ _COMMANDS = {
     "finetune": ("larq_esbnn.train.cli", "replace the head and fine-tune a pretrained model"),
     "evaluate": ("larq_esbnn.train.cli", "top-1 / top-5 of a model on a data set"),
     "predict": ("larq_esbnn.inference", "top-5 classes of image files, with the weights' own preprocessing"),
+    "detect-train": ("larq_esbnn.detection.train", "train a binary SSD detector on a folder of images with boxes"),
+    "detect-eval": ("larq_esbnn.detection.train", "mAP@0.5 and mAP@[.5:.95] of a trained detector (pycocotools)"),
 }
 
 

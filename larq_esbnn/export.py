@@ -51,7 +51,10 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from larq_esbnn import models
+from larq_esbnn import (
+    detection,  # noqa: F401  (registers the detectors, so they count and export)
+    models,
+)
 from larq_esbnn.errors import (
     BadArgument,
     BadData,

@@ -30,6 +30,7 @@ class ModelEntry:
     binary: bool = True  # False for real-valued models (teachers): no binary convs to export
     reported_top1: str = ""  # ImageNet top-1 (%) as its paper or release reports it, not measured here
     reported_by: str = ""  # who reports it: "ReActNet", "ES-BNN release", ...
+    task: str = "classification"  # or "detection" (larq_esbnn.detection)
 
     def build(self, **kwargs):
         self.check_args(kwargs)
@@ -59,28 +60,29 @@ class ModelEntry:
                                   "leaves out; drop them or keep the head")
 
 
-def _entry(name, factory, description, defaults, input_size, binary=True, reported=None):
+def _entry(name, factory, description, defaults, input_size, binary=True, reported=None, task="classification"):
     top1, by = reported or ("", "")
     if "{top1}" in description and not top1:
         raise ValueError(f"{name}: the description cites a reported top-1 but none is given")
     return ModelEntry(name, factory, description.replace("{top1}", top1), dict(defaults), input_size,
-                      binary, top1, by)
+                      binary, top1, by, task)
 
 
-def register_model(name, description, input_size=224, binary=True, reported=None, **defaults):
+def register_model(name, description, input_size=224, binary=True, reported=None, task="classification",
+                   **defaults):
     """Decorator: register ``fn`` under ``name`` (with ``defaults`` applied).
     ``binary=False`` marks a real-valued model, such as a distillation teacher.
     ``reported=(top1, by)``: the ImageNet top-1 (%) that paper or release ``by``
     reports; ``{top1}`` in ``description`` is replaced by it."""
 
     def deco(fn):
-        _MODELS[name] = _entry(name, fn, description, defaults, input_size, binary, reported)
+        _MODELS[name] = _entry(name, fn, description, defaults, input_size, binary, reported, task)
         return fn
 
     return deco
 
 
-def register_variant(name, base, description, input_size=224, reported=None, **defaults):
+def register_variant(name, base, description, input_size=224, reported=None, task="classification", **defaults):
     """Register ``base`` with other defaults (``es_reactnet_a`` = ``reactnet_a(tau=2)``)
     and return a public keyword-only factory for it (``reported`` as in :func:`register_model`)."""
 
@@ -90,7 +92,7 @@ def register_variant(name, base, description, input_size=224, reported=None, **d
 
     factory.__name__ = factory.__qualname__ = name
     args = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
-    _MODELS[name] = _entry(name, base, description, defaults, input_size, reported=reported)
+    _MODELS[name] = _entry(name, base, description, defaults, input_size, reported=reported, task=task)
     factory.__doc__ = (f"{_MODELS[name].description}\n\n``{base.__name__}({args})``; "
                        f"see :func:`{base.__module__}.{base.__name__}`.")
     return factory
@@ -116,10 +118,115 @@ def entry(name):
 
 def get(name, **kwargs):
     """Build a registered model: ``get("es_resnet20", weights="cifar10")`` or
-    ``get("es_resnet20.cifar10")``."""
+    ``get("es_resnet20.cifar10")``. ``features_only=True`` (with ``out_indices``)
+    returns the stages' feature maps instead (:func:`features_model`)."""
     base, _, tag = name.partition(".")
     if tag:
         if kwargs.get("weights") not in (None, tag):
             raise ValueError(f"{name!r} names weights {tag!r} but weights={kwargs['weights']!r} was given")
         kwargs["weights"] = tag
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", None)
+    if features_only:
+        return features_model(base, out_indices, **kwargs)
+    if out_indices is not None:
+        raise BadArgument("out_indices selects feature maps: it needs features_only=True")
     return entry(base).build(**kwargs)
+
+
+# ----------------------------------------------------------------------------- feature maps
+#
+# ``get(name, features_only=True, out_indices=...)``: the model without its head,
+# cut at the stage ends its family declares with :func:`register_features` (at the
+# bottom of each family module), timm style. Declarations are data, so
+# :func:`feature_info` answers without building anything.
+
+_FEATURES = {}
+
+
+@dataclass(frozen=True)
+class FeatureStage:
+    """One feature map a backbone offers: the output of Keras layer ``layer``."""
+
+    index: int
+    layer: str
+    channels: int  # channels of the tensor: the ES / G stream width (tau * groups * C) included
+    reduction: int  # input size / feature map size (the stride)
+    stage: str  # which stage of the paper it ends
+
+
+def register_features(names, stages):
+    """Declare the stage ends of models ``names`` (one name or several).
+
+    ``stages(args)`` gets the factory's arguments (its defaults, the registered
+    variant's and the caller's, merged) and returns ``(layer, channels,
+    reduction, stage)`` tuples, shallowest first.
+    """
+    for name in [names] if isinstance(names, str) else names:
+        _FEATURES[name] = stages
+
+
+def _arguments(e, kwargs):
+    params = inspect.signature(e.factory).parameters.values()
+    args = {p.name: p.default for p in params if p.default is not p.empty}
+    return {**args, **e.defaults, **kwargs}
+
+
+def feature_info(name, **kwargs):
+    """The feature maps ``get(name, features_only=True, **kwargs)`` can return, as
+    :class:`FeatureStage` tuples (index, layer, channels, reduction, stage)."""
+    e = entry(name)
+    if e.name not in _FEATURES:
+        with_features = ", ".join(n for n in names() if n in _FEATURES)
+        raise BadArgument(f"{e.name} declares no feature stages; features_only works for {with_features}")
+    e.check_args({k: v for k, v in kwargs.items() if k != "include_top"})
+    return [FeatureStage(i, *stage) for i, stage in enumerate(_FEATURES[e.name](_arguments(e, kwargs)))]
+
+
+def _indices(out_indices, count, name):
+    if out_indices is None:
+        return list(range(count))
+    if isinstance(out_indices, int):
+        out_indices = (out_indices,)
+    chosen = []
+    for i in out_indices:
+        if not isinstance(i, int) or not -count <= i < count:
+            raise BadArgument(f"{name}: out_indices {tuple(out_indices)} must be stage numbers in "
+                              f"0..{count - 1} (or negative, counted from the end)")
+        chosen.append(i % count)
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise BadArgument(f"{name}: out_indices must name distinct stages, got {tuple(out_indices)}")
+    return chosen
+
+
+def features_model(name, out_indices=None, **kwargs):
+    """Model ``name`` without its head, returning the feature maps of stages
+    ``out_indices`` (default: all; see :func:`feature_info`) as a list.
+
+    The classifier is built with ``include_top=False`` and ``weights`` loaded into
+    it exactly as for the classifier (a file with a head loads, the head is
+    skipped); the returned model shares its layers and has ``feature_info``, the
+    chosen :class:`FeatureStage` tuples.
+    """
+    import tensorflow as tf  # the registry itself stays importable without TensorFlow
+
+    if kwargs.pop("include_top", False):
+        raise BadArgument("features_only=True leaves the head out; drop include_top=True")
+    for key in ("num_classes", "classifier_activation"):
+        if kwargs.get(key) is not None:
+            raise BadArgument(f"{key} describes the head, which features_only=True leaves out")
+    stages = feature_info(name, **kwargs)
+    chosen = [stages[i] for i in _indices(out_indices, len(stages), name)]
+    model = entry(name).build(include_top=False, **kwargs)
+    size = model.input_shape[1]
+    outputs = []
+    for stage in chosen:
+        tensor = model.get_layer(stage.layer).output
+        h, c = tensor.shape[1], tensor.shape[-1]
+        if c != stage.channels or h * stage.reduction != size:
+            raise RuntimeError(f"{name}: stage {stage.index} ({stage.layer}) is {h}x{c} at input {size}, "
+                               f"declared {stage.channels} channels at stride {stage.reduction}")
+        outputs.append(tensor)
+    features = tf.keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    features.feature_info = tuple(chosen)
+    return features

@@ -61,8 +61,11 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
+from larq_esbnn import (
+    detection,  # noqa: F401  (registers the detectors, so they count and export)
+    models,
+)
 from larq_esbnn import layers as zl
-from larq_esbnn import models
 
 CONVENTIONS = ("default", "paper-extended")
 

@@ -198,6 +198,7 @@ NOT_IN_SWEEP = {"bnext_t", "es_bnext_t", "bnext_s", "bnext_m", "bnext_l", "es_bi
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow) if models.entry(n).input_size == 224 else n
     for n in models.names()
+    if models.entry(n).task == "classification"  # detectors: tests/test_detection.py
     # checked with exact bconv counts in their own files, not converted twice:
     # BNext-T / ES-T (tests/test_bnext.py), es_binaryvit_cifar and reactnet_18_mixer
     # (tests/test_transformers.py); S / M / L (69-327 M weights) add no layer class

@@ -12,8 +12,10 @@ Layers, bottom up: ``util`` and ``errors`` (import nothing from the package) and
 ``registry`` (imports ``errors`` only),
 ``quantizers`` -> ``layers`` -> ``blocks``, then ``torch_import`` and
 ``weights`` (conversion and loading; they build a model by name only through
-``registry``), then the families in ``models``, then ``report``, ``export``,
-``inference``, ``train`` and the CLI.
+``registry``), then the families in ``models``, then ``detection`` (detectors on
+the families' feature maps; ``report`` and ``export`` import it so that the
+detectors are registered), then ``report``, ``export``, ``inference``, ``train``
+and the CLI.
 """
 
 import ast
@@ -143,6 +145,17 @@ def test_core_reaches_only_core(graph, core):
     assert name in graph
     above = sorted(m for m in reachable(graph, name) if m.split(".")[1] not in CORE)
     assert not above, f"{name} imports (directly or not) {', '.join(above)}"
+
+
+def test_detection_sits_between_models_and_the_tools(graph):
+    packages = by_package(graph)
+    assert "larq_esbnn.models" in packages["larq_esbnn.detection"]
+    for tool in ("larq_esbnn.report", "larq_esbnn.export"):
+        assert "larq_esbnn.detection" in packages[tool]
+    above = {"larq_esbnn.report", "larq_esbnn.export", "larq_esbnn.inference", "larq_esbnn.train",
+             "larq_esbnn.cli"}
+    assert not reachable(packages, "larq_esbnn.detection") & above
+    assert "larq_esbnn.detection" not in reachable(packages, "larq_esbnn.models")
 
 
 def test_checker_finds_cycles_and_upward_imports(tmp_path):

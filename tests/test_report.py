@@ -332,7 +332,8 @@ def test_cli_models_lists_pattern(capsys, cached_build):
     assert cli.main(["models", "*resnet20", "--json", "--count"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == models.names("*resnet20")
-    assert len({r["bops"] for r in rows}) == 1
+    # the classifiers share their binary convs; (es_)ssd_resnet20 add a detection head
+    assert len({r["bops"] for r in rows if models.entry(r["name"]).task == "classification"}) == 1
     assert cli.main(["models", "resnet20"]) == 0
     text = capsys.readouterr().out
     assert models.entry("resnet20").description in text

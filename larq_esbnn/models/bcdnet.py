@@ -148,3 +148,38 @@ def bcdnet_a_18(
 bcdnet_b_18 = register_variant(
     "bcdnet_b_18", bcdnet_a_18, "BCDNet-B on ReActNet-18: + dynamic contextual thresholds ({top1} % reported)", reported=("67.9", "BCDNet"), dynamic=True
 )
+
+
+# Feature maps (features_only=True). BCDNet-A: the ReActNet-A stages at strides 2-16
+# (b1, b3, b5, b9), then the last stage = block b10 (stride 2, 512 -> 1024) and the
+# binary MLP stage, ending at its last block. The ResNet-18 variants: ReActNet-18's
+# stem and stages 1-3, then stage 4 = layer l12 and the MLP stage.
+from larq_esbnn.registry import register_features  # noqa: E402  (kept with the declarations)
+
+
+def _mlp_end(args, conv_end):
+    n = args["mlp_repeats"] * (args["shift_blocks"] + args["point_blocks"])
+    return f"mlp{n - 1}_rprelu" if n else conv_end
+
+
+def _bcdnet_a_stages(args):
+    w = args["tau"] * args["groups"]
+    ends = blocks.width_stage_ends(BCDNET_A_CHANNELS)
+    out = [(f"b{i}_rprelu2", c * w, 2 ** (down + 1), f"stride {2 ** (down + 1)}: blocks up to b{i}, {c} channels")
+           for i, c, down in ends]
+    i, c, down = ends[-1]
+    out[-1] = (_mlp_end(args, f"b{i}_rprelu2"), c * w, 2 ** (down + 1),
+               f"last stage: block b{i} ({c} channels, stride 2) and the binary MLP stage")
+    return out
+
+
+def _bcdnet_a_18_stages(args):
+    w = args["tau"] * args["groups"]
+    return [("stem_bn", 64, 2, "stem: 7x7/2 conv, BN (before the max pool)")] + [
+        (f"l{4 * s + 3}_rprelu", c * w, 2 ** (s + 2), f"stage {s + 1}: layers l{4 * s}-l{4 * s + 3}, {c} channels")
+        for s, c in enumerate([64, 128, 256])
+    ] + [(_mlp_end(args, "l12_rprelu"), 512 * w, 32, "stage 4: layer l12 (stride 2, 512 channels) and the binary MLP stage")]
+
+
+register_features(["bcdnet_a", "bcdnet_b", "es_bcdnet_a"], _bcdnet_a_stages)
+register_features(["bcdnet_a_18", "bcdnet_b_18"], _bcdnet_a_18_stages)

@@ -168,3 +168,23 @@ register_weights(
              "ES-BNN README (ES-BNext-T)", BNEXT_CONTAINER,
              link="https://pan.seu.edu.cn:443/link/F084D724533B054E64ED1FE9B8CC1459"),
 )
+
+
+# Feature maps (features_only=True): BNext keeps ReActNet-A's MobileNet-V1 layout, so
+# its stages are the runs of blocks at one width, ending at strides 2-32 (with the
+# default stem stride 2) at the last block of each width (its add, or the concat of
+# the two 1x1 units where the width doubles).
+from larq_esbnn.registry import register_features  # noqa: E402  (kept with the declarations)
+
+
+def _bnext_stages(args):
+    channels = BNEXT_CHANNELS[args["size"]]
+    out = []
+    for i, c, down in blocks.width_stage_ends(channels):
+        layer = f"b{i}_concat" if channels[i] != channels[i - 1] else f"b{i}_ffn_add"
+        stride = args["stem_strides"] * 2**down
+        out.append((layer, c * args["tau"], stride, f"stride {stride}: blocks up to b{i}, {c} channels"))
+    return out
+
+
+register_features(["bnext_t", "bnext_s", "bnext_m", "bnext_l", "es_bnext_t"], _bnext_stages)

@@ -127,3 +127,29 @@ register_weights(
 es_reactnet_18 = register_variant(
     "es_reactnet_18", reactnet_18, "ES-ReActNet-18: ReActNet-18 with expanding-and-shrinking, tau=2 ({top1} % reported)", reported=("68.0", "ES-BNN"), tau=2
 )
+
+
+# Feature maps (features_only=True). ReActNet-A follows MobileNet-V1, whose stages
+# are the runs of blocks at one resolution: the last block at strides 2, 4, 8, 16
+# and 32 (64, 128, 256, 512, 1024 channels; b1, b3, b5, b11, b13). ReActNet-18 has
+# ResNet-18's stem (its BN at stride 2, before the max pool) and four stages of
+# four layers (l3, l7, l11, l15 at strides 4-32).
+from larq_esbnn.registry import register_features  # noqa: E402  (kept with the declarations)
+
+
+def _reactnet_a_stages(args):
+    w = args["tau"] * args["groups"]
+    return [(f"b{i}_rprelu2", c * w, 2 ** (down + 1), f"stride {2 ** (down + 1)}: blocks up to b{i}, {c} channels")
+            for i, c, down in blocks.width_stage_ends(REACTNET_A_CHANNELS)]
+
+
+def _reactnet_18_stages(args):
+    w = args["tau"] * args["groups"]
+    return [("stem_bn", 64, 2, "stem: 7x7/2 conv, BN (before the max pool)")] + [
+        (f"l{4 * s + 3}_rprelu", c * w, 2 ** (s + 2), f"stage {s + 1}: layers l{4 * s}-l{4 * s + 3}, {c} channels")
+        for s, c in enumerate([64, 128, 256, 512])
+    ]
+
+
+register_features(["reactnet_a", "es_reactnet_a"], _reactnet_a_stages)
+register_features(["reactnet_18", "es_reactnet_18"], _reactnet_18_stages)

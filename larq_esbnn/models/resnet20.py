@@ -101,3 +101,30 @@ g_resnet20 = register_variant("g_resnet20", resnet20, "ResNet-20 with binary gro
 es_g_resnet20 = register_variant(
     "es_g_resnet20", resnet20, "ResNet-20 with ES (tau=2) and G (groups=2)", 32, tau=2, groups=2
 )
+
+
+# Feature maps (features_only=True): the stem and the ends of the three stages of
+# He et al.'s CIFAR ResNet (16, 32, 64 channels at strides 1, 2, 4).
+from larq_esbnn.registry import register_features  # noqa: E402  (kept with the declarations)
+
+
+def _resnet20_stages(args):
+    w = args["tau"] * args["groups"]
+    return [
+        ("stem_tile" if w > 1 else "stem_bn", 16 * w, 1, "stem: 3x3 conv 3 -> 16, BN"),
+        ("l5_rprelu", 16 * w, 1, "stage 1: layers l0-l5, 16 channels"),
+        ("l11_rprelu", 32 * w, 2, "stage 2: layers l6-l11, 32 channels"),
+        ("l17_rprelu", 64 * w, 4, "stage 3: layers l12-l17, 64 channels"),
+    ]
+
+
+def _resnet20_fp_stages(args):
+    w = args["width"]
+    return [("stem_relu", 16 * w, 1, "stem: 3x3 conv, BN, ReLU")] + [
+        (f"l{3 * s + 2}_relu", c * w, 2**s, f"stage {s + 1}: blocks l{3 * s}-l{3 * s + 2}, {c} channels")
+        for s, c in enumerate([16, 32, 64])
+    ]
+
+
+register_features(["resnet20", "es_resnet20", "g_resnet20", "es_g_resnet20"], _resnet20_stages)
+register_features("resnet20_fp", _resnet20_fp_stages)
