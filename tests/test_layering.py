@@ -11,9 +11,10 @@ would make every module a cycle).
 Layers, bottom up: ``util`` and ``errors`` (import nothing from the package) and
 ``registry`` (imports ``errors`` only),
 ``quantizers`` -> ``layers`` -> ``blocks``, then ``torch_import`` and
-``weights`` (conversion and loading; they build a model by name only through
-``registry``), then the families in ``models``, then ``report``, ``export``,
-``inference``, ``train`` and the CLI.
+``weights`` (conversion and loading; they build a model, and find its
+checkpoint rules, by name only through ``registry``), then the families in
+``models`` (which register their checkpoint rules and weights records into the
+layers below), then ``report``, ``export``, ``inference``, ``train`` and the CLI.
 """
 
 import ast
@@ -23,6 +24,9 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "larq_esbnn"
 CORE = ("util", "errors", "registry", "quantizers", "layers", "blocks")
+# conversion and loading: below the families, which register their weights and
+# checkpoint rules into them
+LOADERS = ("torch_import", "weights")
 
 
 def module_files(root):
@@ -142,6 +146,13 @@ def test_core_reaches_only_core(graph, core):
     name = f"larq_esbnn.{core}"
     assert name in graph
     above = sorted(m for m in reachable(graph, name) if m.split(".")[1] not in CORE)
+    assert not above, f"{name} imports (directly or not) {', '.join(above)}"
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_loaders_reach_only_core_and_loaders(graph, loader):
+    name = f"larq_esbnn.{loader}"
+    above = sorted(m for m in reachable(graph, name) if m.split(".")[1] not in CORE + LOADERS)
     assert not above, f"{name} imports (directly or not) {', '.join(above)}"
 
 
