@@ -344,7 +344,9 @@ def _wrapped_linear(x, cfg, name):
 
 def vit_attention(h, heads, reduction, cfg, name):
     r"""BinaryViT attention on the normalised tokens ``h`` (C channels), without the
-    residual add. Spec section D:
+    residual add, as the released BinaryViT code computes it (Le & Li, "BinaryViT:
+    Pushing Binary Vision Transformers Towards Convolutional Models", CVPRW 2023;
+    its parameter count is derived in :func:`larq_esbnn.models.binaryvit.binaryvit_s`):
 
     \\[
     \tilde q = \mathrm{RPReLU}(\mathrm{BN}(\mathrm{Lin}_q(h + s_q)) + h),\quad
@@ -521,8 +523,9 @@ def mixer_block(x, cfg, name, token_expansion=4, channel_expansion=4):
 
 # ----------------------------------------------------------------------------- BNext
 #
-# BNext (Guo et al. 2022, the released hpi-xnor/BNext code) and ES-BNext (the
-# ES-BNN release ``bnext_rep_ops.py``), spec bnext_binaryvit.md sections A-B.
+# BNext (Guo et al., "Join the High Accuracy Club on ImageNet with A Binary Neural
+# Network Ticket", 2022; the released hpi-xnor/BNext ``src/bnext.py``) and ES-BNext
+# (the ES-BNN release ``src/bnext_rep_ops.py``, Shi et al., 2025).
 # ``tau`` is the release's ``rep_beta``: every real-valued feature map is tau
 # times wider, every binary conv maps tau C -> C / tau and its output is tiled
 # tau^2 times, the SE convs shrink the same way and are tiled tau^2 times.

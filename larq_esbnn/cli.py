@@ -58,6 +58,10 @@ def build_parser(command=None):
             sub.add_parser(name, help=text, add_help=False)
         return parser
     wanted = [_COMMANDS[command][0]] if command is not None else _COMMAND_MODULES
+    # the families register their models, weights records and checkpoint rules on
+    # import; weights and torch_import sit below them and only look names up
+    from larq_esbnn import models  # noqa: F401
+
     for module_name in wanted:
         try:
             module = importlib.import_module(module_name)

@@ -669,6 +669,33 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def ratio_table(rows):
+    """Markdown table of the latency ratios a reader compares beyond the base column:
+    each ES model to its plain form (``es_X`` / ``X``) and each zoo model to
+    QuickNet, where both rows exist."""
+    by = {r["model"]: r for r in rows}
+    pairs = [(m, m[len("es_"):]) for m in by if m.startswith("es_")]
+    if "quicknet" in by:
+        pairs += [(m, "quicknet") for m in by if m not in REFERENCE_MODELS]
+    lines = ["| ratio | min | median |", "|---|---|---|"]
+    for a, b in pairs:
+        if a in by and b in by:
+            lines.append(f"| {a} / {b} | {by[a]['min_ms'] / by[b]['min_ms']:.3f} | "
+                         f"{by[a]['median_ms'] / by[b]['median_ms']:.3f} |")
+    return "\n".join(lines)
+
+
+def write_benchmark(rows, prefix, command, setup):
+    """``PREFIX.md`` (command, setup, table, ratios) and ``PREFIX.json`` (command,
+    setup, rows): the result files kept in ``benchmarks/``. Returns the Markdown."""
+    text = f"`{command}`\n\n{setup}\n\n{format_table(rows)}\n\n{ratio_table(rows)}\n"
+    with atomic_path(f"{prefix}.md") as tmp:
+        pathlib.Path(tmp).write_text(text)
+    with atomic_path(f"{prefix}.json") as tmp:
+        pathlib.Path(tmp).write_text(json.dumps({"command": command, "setup": setup, "rows": rows}, indent=2) + "\n")
+    return text
+
+
 # -------------------------------------------------------------------------- CLI
 
 
@@ -726,6 +753,9 @@ def _cmd_benchmark(args):
     for name in args.models:
         if name not in REFERENCE_MODELS:
             models.entry(name)  # clear error for unknown names before converting anything
+    if args.out:
+        for suffix in (".md", ".json"):
+            check_new_output(args.out + suffix, args.overwrite)
     log = (lambda msg: print(msg, file=sys.stderr)) if not args.json else None
     rows = benchmark(
         args.models, threads=args.threads, runs=args.runs, warmup=args.warmup,
@@ -738,6 +768,14 @@ def _cmd_benchmark(args):
         print(format_table(rows))
         print(f"\n{args.runs} runs per model (round-robin), {args.threads} thread(s), batch 1, "
               f"LCE interpreter{' + XNNPack' if args.xnnpack else ''}, {os.uname().machine}")
+    if args.out:
+        size = f"{args.input_size}x{args.input_size}" if args.input_size else "each model's own input size"
+        setup = (f"{args.runs} timed runs per model after {args.warmup} warm-up runs, round-robin; "
+                 f"{args.threads} thread(s); batch 1; {size}; LCE interpreter"
+                 f"{' with XNNPack' if args.xnnpack else ' (XNNPack off)'}; {os.uname().machine}, "
+                 f"{os.cpu_count()} CPUs")
+        write_benchmark(rows, args.out, "larq-esbnn " + " ".join(args.argv), setup)
+        print(f"wrote {args.out}.md and {args.out}.json", file=sys.stderr)
     return 0
 
 
@@ -778,6 +816,9 @@ def add_commands(subparsers):
     p.add_argument("--no-reference", action="store_true", help="skip the QuickNet/MobileNetV2/ResNet50 rows")
     p.add_argument("--xnnpack", action="store_true", help="enable the XNNPack delegate for float ops")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--out", default=None, metavar="PREFIX",
+                   help="also write PREFIX.md (command, setup, table, ratios) and PREFIX.json")
+    p.add_argument("--overwrite", action="store_true", help="replace the --out files if they exist")
     p.set_defaults(func=_cmd_benchmark)
 
 
@@ -785,5 +826,6 @@ __all__ = [
     "ExportCheck", "FlippedSameConv2D", "agreement", "benchmark", "binary_conv_layers",
     "check_export", "expected_bconv_count", "export_float_tflite", "export_tflite",
     "flatbuffer_ops", "format_table", "inspect_flatbuffer", "lce_hazards", "lce_interpreter",
-    "lce_predict", "load_images", "optimize_for_inference", "time_interpreters",
+    "lce_predict", "load_images", "optimize_for_inference", "ratio_table", "time_interpreters",
+    "write_benchmark",
 ]

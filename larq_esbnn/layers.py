@@ -396,7 +396,9 @@ class LongShortShift(tf.keras.layers.Layer):
 
 @_register
 class ContextualThresholds(tf.keras.layers.Layer):
-    r"""BCDNet-B's input-dependent thresholds (section 4.3 of the spec, inferred).
+    r"""BCDNet-B's input-dependent thresholds, inferred from the description of BCDNet-B in
+    Xing et al., "Towards Accurate Binary Neural Networks via Modeling Contextual
+    Dependencies" (ECCV 2022).
 
     For a binary conv with input \\(A \in \mathbb{R}^{H\times W\times C_{in}}\\):
     \\[

@@ -1,12 +1,17 @@
 """One registry of model names (timm style): ``name`` or ``name.tag`` (tag = weights).
 
 Each entry holds the factory, its default arguments and a one-line description;
-weight files and their sha256 live in :mod:`larq_esbnn.weights`.
+weight files and their sha256 live in :mod:`larq_esbnn.weights`. A family whose
+authors released PyTorch checkpoints also registers here how those name their
+tensors (:func:`register_torch_rules`), which drives :mod:`larq_esbnn.torch_import`.
 
-This module imports nothing from the package. The families in
-:mod:`larq_esbnn.models` register into it, and the modules they themselves
+This module imports nothing from the package but its error types. The families
+in :mod:`larq_esbnn.models` register into it, and the modules they themselves
 rely on (:mod:`larq_esbnn.weights`, :mod:`larq_esbnn.torch_import`) build a
-model by name through it, so that none of them has to import the families.
+model, or find its checkpoint rules, by name through it, so that none of them
+has to import the families. Whoever looks a name up must therefore have
+imported :mod:`larq_esbnn.models` first (the command line does so before it
+runs a command).
 """
 
 import difflib
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from larq_esbnn.errors import BadArgument
 
 _MODELS = {}
+_TORCH_RULES = {}
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,14 @@ class ModelEntry:
     def build(self, **kwargs):
         self.check_args(kwargs)
         return self.factory(**{**self.defaults, **kwargs, "name": self.name})
+
+    def resolved_args(self, kwargs):
+        """Every argument the factory would see for ``build(**kwargs)``: its signature's
+        defaults, then this entry's, then ``kwargs`` (so a rule reading the model's
+        arguments need not repeat the factory's defaults)."""
+        params = inspect.signature(self.factory).parameters.values()
+        signature = {p.name: p.default for p in params if p.default is not p.empty}
+        return {**signature, **self.defaults, **kwargs, "name": self.name}
 
     def arg_names(self):
         """The keyword arguments the factory takes (None: any)."""
@@ -106,6 +120,9 @@ def names(pattern="*"):
 def entry(name):
     """The :class:`ModelEntry` of ``name`` (a ``.tag`` suffix is ignored)."""
     base = name.split(".", 1)[0]
+    if not _MODELS:
+        raise BadArgument(f"unknown model {name!r}: no model is registered yet; import "
+                          "larq_esbnn.models first (its families register themselves)")
     if base not in _MODELS:
         if any(c in base for c in "*?["):
             matching = names(base)
@@ -132,6 +149,45 @@ def get(name, **kwargs):
     if out_indices is not None:
         raise BadArgument("out_indices selects feature maps: it needs features_only=True")
     return entry(base).build(**kwargs)
+
+
+@dataclass(frozen=True)
+class TorchRules:
+    """How the authors' PyTorch checkpoint of one model names its tensors.
+
+    source: which release it is (shown in messages and the command line's help).
+    layer_rule: ``(Keras layer name, the model's arguments) -> (kind, torch name or
+    tuple of names)``, or None for a layer the release does not have; the kinds are
+    those :mod:`larq_esbnn.torch_import` converts (``conv``, ``bn``, ``bias``, ...).
+    The arguments are :meth:`ModelEntry.resolved_args`, so a rule can depend on
+    them (BCDNet's MLP blocks per repeat).
+    release_args: optional ``kwargs -> kwargs``, the build arguments a checkpoint
+    implies beyond its class count (BNext's stem stride); it receives the caller's
+    arguments, with ``num_classes`` taken from the checkpoint's classifier.
+    """
+
+    source: str
+    layer_rule: object
+    release_args: object = None
+
+
+def register_torch_rules(sources, layer_rule, release_args=None):
+    """Register a family's checkpoint rules for the models in ``sources``
+    (``{model name: release description}``); see :class:`TorchRules`."""
+    for name, source in sources.items():
+        if name in _TORCH_RULES:
+            raise ValueError(f"PyTorch checkpoint rules for {name} are registered twice")
+        _TORCH_RULES[name] = TorchRules(source, layer_rule, release_args)
+
+
+def torch_rules(name):
+    """The :class:`TorchRules` of model ``name``, or None when none are registered."""
+    return _TORCH_RULES.get(name)
+
+
+def torch_models():
+    """``{model name: release}`` of every model with registered checkpoint rules."""
+    return {name: rules.source for name, rules in _TORCH_RULES.items()}
 
 
 # ----------------------------------------------------------------------------- feature maps
@@ -166,12 +222,6 @@ def register_features(names, stages):
         _FEATURES[name] = stages
 
 
-def _arguments(e, kwargs):
-    params = inspect.signature(e.factory).parameters.values()
-    args = {p.name: p.default for p in params if p.default is not p.empty}
-    return {**args, **e.defaults, **kwargs}
-
-
 def feature_info(name, **kwargs):
     """The feature maps ``get(name, features_only=True, **kwargs)`` can return, as
     :class:`FeatureStage` tuples (index, layer, channels, reduction, stage)."""
@@ -180,7 +230,7 @@ def feature_info(name, **kwargs):
         with_features = ", ".join(n for n in names() if n in _FEATURES)
         raise BadArgument(f"{e.name} declares no feature stages; features_only works for {with_features}")
     e.check_args({k: v for k, v in kwargs.items() if k != "include_top"})
-    return [FeatureStage(i, *stage) for i, stage in enumerate(_FEATURES[e.name](_arguments(e, kwargs)))]
+    return [FeatureStage(i, *stage) for i, stage in enumerate(_FEATURES[e.name](e.resolved_args(kwargs)))]
 
 
 def _indices(out_indices, count, name):

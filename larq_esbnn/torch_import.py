@@ -1,53 +1,37 @@
 """Import the authors' released PyTorch checkpoints into the Keras models.
 
-Supported: ``reactnet_a`` (ReActNet release, MobileNet), ``reactnet_18``
-(ReActNet release, ResNet-18), ``es_reactnet_a`` (Rep-ReActNet release, tau=2)
-and ``bcdnet_a`` (BCDNet release); ``bnext_t`` and ``es_bnext_t`` (below).
+Which models can be imported, and how their releases name the tensors, is each
+family's own knowledge: the family module under :mod:`larq_esbnn.models`
+registers a rule per model with :func:`larq_esbnn.registry.register_torch_rules`
+(ReActNet-A / -18 and ES-ReActNet-A in ``models/reactnet.py``, BCDNet-A in
+``models/bcdnet.py``, BNext-T and ES-BNext-T in ``models/bnext.py``). This module
+is the converter those rules drive; it never imports the families, so that
+:mod:`larq_esbnn.weights` (below them) can convert a checkpoint on first use.
 ``tests/test_torch_import.py`` and ``tests/test_bnext.py`` build the released
 tensor names and shapes and check every rule against them.
 
-    model = convert_checkpoint("reactnet_a", "checkpoint.pth.tar")
+    model, report = convert_checkpoint("reactnet_a", "checkpoint.pth.tar")
     larq-esbnn import-torch reactnet_a checkpoint.pth.tar -o reactnet_a.h5
 
 The conversion is driven by the Keras model: every Keras layer with weights is
-mapped to its torch tensors by name; a missing tensor or a wrong shape raises,
-naming the tensor. Tensors left over are reported (returned and printed);
-``num_batches_tracked`` counters are dropped silently.
+mapped by its family's rule to a kind and torch tensor names; a missing tensor
+or a wrong shape raises, naming the tensor. Tensors left over are listed in the
+:class:`ImportReport`; ``num_batches_tracked`` counters are dropped silently.
 
-Conversions (torch NCHW -> Keras NHWC):
-- conv weight (out, in, kh, kw) -> kernel (kh, kw, in, out); the ReActNet-A
+Conversions by kind (torch NCHW -> Keras NHWC):
+- ``conv``: weight (out, in, kh, kw) -> kernel (kh, kw, in, out); the ReActNet-A
   release stores binary weights flattened as ``...weights`` [out*in*k*k, 1]
   (a ``view`` of (out, in, k, k)), which is reshaped first. For ES the torch
   binary conv [C_out/tau, C_in*tau, k, k] is the BinaryConv2D kernel
   (k, k, C_in*tau, C_out/tau); the tiling has no weights;
-- linear (out, in) -> (in, out); fc -> head_fc, fc_dist -> head_fc_dist;
-- BatchNorm weight, bias, running_mean, running_var -> gamma, beta,
+- ``dense``: linear (out, in) -> (in, out) (:func:`classifier_rule`: fc ->
+  head_fc, fc_dist -> head_fc_dist);
+- ``bn``: weight, bias, running_mean, running_var -> gamma, beta,
   moving_mean, moving_variance;
-- learnable biases ("move") [1, C, 1, 1] -> [C]; RPReLU = (moveX2, preluX, moveX3).
-
-BCDNet MLP stage (an ASSUMPTION, not checked against trained weights): in the
-release block ``mlp_layer.R.mlp_layer.K``, ``binary_conv`` acts on the
-unshifted tensor, ``binary_conv1`` on the short-range (1) shift and
-``binary_conv2`` on the long-range shift; they map to our ``mlp{j}_pw``,
-``mlp{j}_short`` and ``mlp{j}_long`` with ``j = 4 R + K`` (4 = shift blocks +
-point blocks per repeat). If a converted BCDNet-A loses accuracy, swapping
-short / long is the first thing to try.
-
-BNext (``bnext_t``: upstream ``src/bnext.py``; ``es_bnext_t``: the ES-BNN
-release ``src/bnext_rep_ops.py``, rep_beta 2): ``feature.{i}.Attention`` (the
-3x3 unit, also when it is an FFN_3x3), ``.FFN`` / ``.FFN_1`` / ``.FFN_2`` map to
-``b{i}_u3_*``, ``b{i}_ffn*_*``; ``move`` -> ``_move``, ``binary_conv`` ->
-``_conv`` (kernel and ``temperature``), ``norm1/2`` -> ``_bn1/2``,
-``activation1/2`` -> ``_prelu1/2``, ``scale`` -> ``_recouple`` (lambda; clamped
-to [0, 1] for the FFN_1x1 units, whose released forward clamps it in eval
-too), ``se.se.1`` / ``se.se.3`` (ES: ``se.se.4``) -> ``_se1`` / ``_se2``; the
-stem's and FFNs' unused PReLUs -> :class:`larq_esbnn.layers.UnusedWeight`;
-``prelu`` -> ``head_prelu``. HardSign's ``binary_activation.temperature`` does
-not change any output and is read but not stored. A binary conv whose weight
-temperature is still >= 1e-7 has real weights clip(W / T, -1, 1) in the
-release: it is converted as such (same outputs) with a warning, or refused
-with ``require_binary=True`` / ``--require-binary``. A checkpoint with
-``num_classes != 1000`` gets ``stem_strides=1``, the release's rule.
+- ``bias``: learnable biases ("move") [1, C, 1, 1] -> [C]; ``rprelu``: the
+  three tensors (move in, PReLU, move out) of one RPReLU;
+- ``temperature_conv``, ``conv_bias``, ``prelu``, ``scale`` /
+  ``scale_clamped``: the BNext units (see ``models/bnext.py``).
 
 The released models compute sign(0) = 0 where larq gives +1, and pad stride-2
 binary convs symmetrically (our BinaryConv2D does too); outputs agree with a
@@ -55,10 +39,13 @@ reference PyTorch forward to ~1e-6 relative (tests/test_torch_import.py). Latent
 binary weights that are exactly 0 (ternary in the released forward) are counted
 per tensor: a :class:`TernaryWeightsWarning` says how many and where, and
 :func:`import_state_dict` returns them in its :class:`ImportReport`.
+
+BNext: a binary conv whose weight temperature is still >= 1e-7 has real weights
+clip(W / T, -1, 1) in the release; it is converted as such (same outputs) with
+a warning, or refused with ``require_binary=True`` / ``--require-binary``.
 """
 
 import os
-import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -70,68 +57,6 @@ from larq_esbnn.errors import BadArgument, BadWeights, check_new_output
 from larq_esbnn.layers import BinaryConv2D
 from larq_esbnn.quantizers import TEMPERATURE_BINARY_THRESHOLD
 from larq_esbnn.util import atomic_path, sha256_file
-
-SUPPORTED = {
-    "reactnet_a": "ReActNet release (MobileNet, step 2)",
-    "es_reactnet_a": "Rep-ReActNet release (ES, tau=2, step 2)",
-    "reactnet_18": "ReActNet release (ResNet-18, step 2)",
-    "bcdnet_a": "BCDNet release (step 2)",
-    "bnext_t": "BNext release (src/bnext.py, size tiny)",
-    "es_bnext_t": "ES-BNN release (src/bnext_rep_ops.py, rep_beta=2)",
-}
-BNEXT_MODELS = ("bnext_t", "es_bnext_t")
-
-_BLOCK = re.compile(r"^b(\d+)_(.+)$")
-_RESNET = re.compile(r"^l(\d+)_(.+)$")
-_MLP = re.compile(r"^mlp(\d+)_(.+)$")
-
-# per-block Keras layer suffix -> (kind, torch names relative to the block prefix)
-_REACTNET_A_BLOCK = {
-    "1_move": ("bias", "move11"),
-    "conv1": ("conv", "binary_3x3"),
-    "bn1": ("bn", "bn1"),
-    "rprelu1": ("rprelu", ("move12", "prelu1", "move13")),
-    "2_move": ("bias", "move21"),
-    "conv2": ("conv", "binary_pw"),
-    "bn2": ("bn", "bn2"),
-    "conv2a": ("conv", "binary_pw_down1"),
-    "conv2b": ("conv", "binary_pw_down2"),
-    "bn2a": ("bn", "bn2_1"),
-    "bn2b": ("bn", "bn2_2"),
-    "rprelu2": ("rprelu", ("move22", "prelu2", "move23")),
-}
-_RESNET_LAYER = {
-    "move": ("bias", "move0"),
-    "conv": ("conv", "binary_conv"),
-    "bn": ("bn", "bn1"),
-    "rprelu": ("rprelu", ("move1", "prelu", "move2")),
-    "sc_conv": ("conv", "downsample.1"),
-    "sc_bn": ("bn", "downsample.2"),
-}
-_MLP_BLOCK = {
-    "move": ("bias", "move0"),
-    "pw": ("conv", "binary_conv"),
-    "short": ("conv", "binary_conv1"),
-    "long": ("conv", "binary_conv2"),
-    "bn": ("bn", "bn1"),
-    "rprelu": ("rprelu", ("move1", "prelu", "move2")),
-}
-
-
-# BNext: Keras unit tag -> torch module; per-unit Keras layer suffix -> (kind, torch name)
-_BNEXT_LAYER = re.compile(r"^b(\d+)_(u3|ffn|ffn1|ffn2)_(.+)$")
-_BNEXT_UNITS = {"u3": "Attention", "ffn": "FFN", "ffn1": "FFN_1", "ffn2": "FFN_2"}
-_BNEXT_UNIT = {
-    "move": ("bias", "move"),
-    "conv": ("temperature_conv", "binary_conv"),
-    "bn1": ("bn", "norm1"),
-    "bn2": ("bn", "norm2"),
-    "prelu1": ("prelu", "activation1"),
-    "prelu2": ("prelu", "activation2"),
-    "recouple": ("scale", "scale"),
-    "se1": ("conv_bias", "se.se.1"),
-    "se2": ("conv_bias", ("se.se.3", "se.se.4")),  # tau = 1 / ES (a tile module sits at index 3)
-}
 
 
 class CheckpointError(BadWeights):
@@ -205,62 +130,51 @@ def load_state_dict(checkpoint):
     return out
 
 
-def _rule(model_name, layer_name, mlp_per_repeat):
-    """Keras layer name -> (kind, torch prefix or tuple of prefixes), or None."""
-    if layer_name in ("head_fc", "head_fc_dist"):
-        return "dense", "fc" if layer_name == "head_fc" else "fc_dist"
-    if model_name in BNEXT_MODELS:
-        return _bnext_rule(layer_name)
-    if model_name == "reactnet_18":
-        if layer_name == "stem_conv":
-            return "conv", "conv1"
-        if layer_name == "stem_bn":
-            return "bn", "bn1"
-        m = _RESNET.match(layer_name)
-        if m and m.group(2) in _RESNET_LAYER:
-            stage, j = divmod(int(m.group(1)), 4)
-            kind, rel = _RESNET_LAYER[m.group(2)]
-            return kind, _join(f"layer{stage + 1}.{j}.", rel)
-        return None
-    if layer_name == "stem_conv":
-        return "conv", "feature.0.conv1"
-    if layer_name == "stem_bn":
-        return "bn", "feature.0.bn1"
-    m = _BLOCK.match(layer_name)
-    if m and m.group(2) in _REACTNET_A_BLOCK:
-        kind, rel = _REACTNET_A_BLOCK[m.group(2)]
-        return kind, _join(f"feature.{int(m.group(1))}.", rel)
-    m = _MLP.match(layer_name)
-    if m and m.group(2) in _MLP_BLOCK and model_name == "bcdnet_a":
-        r, k = divmod(int(m.group(1)), mlp_per_repeat)
-        kind, rel = _MLP_BLOCK[m.group(2)]
-        return kind, _join(f"mlp_layer.{r}.mlp_layer.{k}.", rel)
-    return None
-
-
-def _bnext_rule(layer_name):
-    fixed = {
-        "stem_conv": ("conv", "feature.0.conv1"),
-        "stem_bn": ("bn", "feature.0.bn1"),
-        "stem_prelu": ("prelu", "feature.0.prelu"),
-        "head_prelu": ("prelu", "prelu"),
-    }
-    if layer_name in fixed:
-        return fixed[layer_name]
-    m = _BNEXT_LAYER.match(layer_name)
-    if not m or m.group(3) not in _BNEXT_UNIT:
-        return None
-    kind, rel = _BNEXT_UNIT[m.group(3)]
-    if kind == "scale" and m.group(2) != "u3":
-        kind = "scale_clamped"  # FFN_1x1 clamps lambda to [0, 1] in eval too; the 3x3 units do not
-    prefix = f"feature.{int(m.group(1))}.{_BNEXT_UNITS[m.group(2)]}."
-    if isinstance(rel, tuple):
-        return kind, tuple(prefix + r for r in rel)
-    return kind, prefix + rel
-
-
-def _join(prefix, rel):
+def under(prefix, rel):
+    """Torch name ``rel`` (or each of a tuple of names) below module ``prefix``."""
     return tuple(prefix + r for r in rel) if isinstance(rel, tuple) else prefix + rel
+
+
+def from_table(table, suffix, prefix):
+    """``(kind, torch names below prefix)`` for the Keras layer-name ``suffix`` in a
+    family's ``{suffix: (kind, torch name(s))}`` table, or None if it is not there."""
+    if suffix not in table:
+        return None
+    kind, rel = table[suffix]
+    return kind, under(prefix, rel)
+
+
+def classifier_rule(layer_name):
+    """The classifier every release so far names ``fc`` (and BCDNet's second,
+    distillation head ``fc_dist``), built by :func:`larq_esbnn.blocks.classifier`
+    as ``head_fc`` / ``head_fc_dist``; None for any other layer."""
+    return {"head_fc": ("dense", "fc"), "head_fc_dist": ("dense", "fc_dist")}.get(layer_name)
+
+
+def supported():
+    """``{model name: release}`` of the models whose checkpoints can be imported
+    (those whose family registered rules; :mod:`larq_esbnn.models` must be imported)."""
+    return registry.torch_models()
+
+
+def _rules(model_name):
+    rules = registry.torch_rules(model_name)
+    if rules is None:
+        known = ", ".join(supported()) or "none (import larq_esbnn.models first: the families register them)"
+        raise ValueError(f"unsupported model {model_name!r} for torch import; supported: {known}")
+    return rules
+
+
+def release_kwargs(model_name, state, kwargs):
+    """The arguments to build ``model_name`` with for checkpoint ``state``: ``kwargs``,
+    ``num_classes`` from the checkpoint's ``fc`` rows unless given (or the head is
+    left out), and whatever else the family says its release implies."""
+    kwargs = dict(kwargs)
+    fc = state.get("fc.weight")
+    if "num_classes" not in kwargs and kwargs.get("include_top", True) and fc is not None and fc.ndim == 2:
+        kwargs["num_classes"] = int(fc.shape[0])
+    rules = _rules(model_name)
+    return rules.release_args(kwargs) if rules.release_args else kwargs
 
 
 class _Source:
@@ -418,11 +332,14 @@ class ImportReport:
                 "zero_total": self.zero_total}
 
 
-def import_state_dict(model, model_name, state, mlp_per_repeat=4, require_binary=False):
+def import_state_dict(model, model_name, state, *, args=None, require_binary=False):
     """Copy a flat numpy state dict into ``model``; return an :class:`ImportReport`.
 
-    Latent binary weights that are exactly 0 are also reported with a
-    :class:`TernaryWeightsWarning` (how many, in which tensors and layers).
+    ``args``: the arguments ``model`` was built with, where they differ from the
+    registered defaults and the family's rule depends on them (BCDNet's
+    ``shift_blocks`` / ``point_blocks``). Latent binary weights that are exactly 0
+    are also reported with a :class:`TernaryWeightsWarning` (how many, in which
+    tensors and layers).
 
     BNext checkpoints: each binary conv's ``temperature`` buffer is copied into
     the layer's temperature weight, so the Keras model computes what the
@@ -431,18 +348,18 @@ def import_state_dict(model, model_name, state, mlp_per_repeat=4, require_binary
     warning on stderr (its convs are not binary: LCE keeps them float and
     ``check_export`` reports them), or refused with ``require_binary=True``.
     """
-    if model_name not in SUPPORTED:
-        raise ValueError(f"unsupported model {model_name!r} for torch import; supported: {', '.join(SUPPORTED)}")
+    rules = _rules(model_name)
+    args = registry.entry(model_name).resolved_args(args or {})
     src = _Source(state)
     values = []
     for layer in model.layers:
         if not layer.weights:
             continue
-        rule = _rule(model_name, layer.name, mlp_per_repeat)
+        rule = rules.layer_rule(layer.name, args)
         if rule is None:
             raise CheckpointError(
                 f"Keras layer {layer.name!r} of {model.name!r} has no counterpart in the "
-                f"{SUPPORTED[model_name]} checkpoint (build the model with its released "
+                f"{rules.source} checkpoint (build the model with its released "
                 "arguments: no groups, no dynamic thresholds)"
             )
         new = _convert_layer(src, layer, *rule)
@@ -459,12 +376,6 @@ def import_state_dict(model, model_name, state, mlp_per_repeat=4, require_binary
     if report.zero_weights:
         warnings.warn("larq-esbnn import-torch: " + report.zeros_message(), TernaryWeightsWarning, stacklevel=2)
     return report
-
-
-def assign_state_dict(model, model_name, state, mlp_per_repeat=4, require_binary=False):
-    """Copy a flat numpy state dict into ``model``; return the unused tensor names
-    (:func:`import_state_dict` returns the full report)."""
-    return import_state_dict(model, model_name, state, mlp_per_repeat, require_binary).unused
 
 
 def _temperature_message(src, require_binary):
@@ -486,45 +397,33 @@ def _temperature_message(src, require_binary):
           file=sys.stderr)
 
 
-def convert_checkpoint(model_name, checkpoint_path_or_state_dict, return_unused=False,
-                       verbose=True, return_report=False, require_binary=False, **model_kwargs):
-    """Build ``model_name`` (with ``model_kwargs``) and fill it from a PyTorch checkpoint.
+def convert_checkpoint(model_name, checkpoint_path_or_state_dict, require_binary=False, **model_kwargs):
+    """Build ``model_name`` (with ``model_kwargs``) and fill it from a PyTorch checkpoint;
+    return ``(model, ImportReport)``.
 
-    ``num_classes`` defaults to the checkpoint's ``fc`` rows. Unused tensors are
-    printed to stderr (``verbose``) and returned with ``return_unused=True``,
-    which gives ``(model, unused)``; ``return_report=True`` gives
-    ``(model, ImportReport)`` (unused tensors and latent weights that are exactly 0).
+    ``num_classes`` defaults to the checkpoint's ``fc`` rows, and the family may
+    set further arguments its release implies (:func:`release_kwargs`). The
+    report lists the checkpoint tensors no layer took and the latent binary
+    weights that are exactly 0; nothing is printed here (the command line
+    prints the unused tensors).
     """
-    if model_name not in SUPPORTED:
-        raise ValueError(f"unsupported model {model_name!r} for torch import; supported: {', '.join(SUPPORTED)}")
+    _rules(model_name)  # unsupported names fail before the checkpoint is read
     state = load_state_dict(checkpoint_path_or_state_dict)
-    if "num_classes" not in model_kwargs and model_kwargs.get("include_top", True):
-        if "fc.weight" in state and state["fc.weight"].ndim == 2:
-            model_kwargs["num_classes"] = int(state["fc.weight"].shape[0])
-    if model_name in BNEXT_MODELS and model_kwargs.get("num_classes", 1000) != 1000:
-        # the release's stem has stride 1 whenever num_classes != 1000
-        model_kwargs.setdefault("stem_strides", 1)
+    model_kwargs = release_kwargs(model_name, state, model_kwargs)
     model = registry.get(model_name, **model_kwargs)
-    per_repeat = model_kwargs.get("shift_blocks", 3) + model_kwargs.get("point_blocks", 1)
-    report = import_state_dict(model, model_name, state, per_repeat, require_binary)
-    unused = report.unused
-    if unused and verbose:
-        print(f"larq-esbnn import-torch: {len(unused)} checkpoint tensors were not used: "
-              + ", ".join(unused), file=sys.stderr)
-    if return_report:
-        return model, report
-    return (model, unused) if return_unused else model
+    report = import_state_dict(model, model_name, state, args=model_kwargs, require_binary=require_binary)
+    return model, report
 
 
 def add_commands(subparsers):
     p = subparsers.add_parser(
         "import-torch",
         help="convert a released PyTorch checkpoint to a Keras .h5 weights file",
-        description="Convert a released PyTorch checkpoint (" + ", ".join(SUPPORTED) + ") "
+        description="Convert a released PyTorch checkpoint (" + ", ".join(supported()) + ") "
         "into a Keras HDF5 weights file that loads with weights=PATH.",
     )
-    p.add_argument("model", choices=sorted(SUPPORTED), metavar="MODEL",
-                   help="one of: " + ", ".join(sorted(SUPPORTED)))
+    p.add_argument("model", choices=sorted(supported()), metavar="MODEL",
+                   help="one of: " + ", ".join(sorted(supported())))
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="path of the .pth / .pth.tar file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="output weights file (.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
@@ -539,11 +438,14 @@ def _cli_import(args):
         raise BadArgument(f"output must end in .h5 (Keras HDF5 weights), got {args.output!r}")
     check_new_output(args.output, args.overwrite)
     try:
-        model, unused = convert_checkpoint(args.model, args.checkpoint, return_unused=True,
-                                           require_binary=args.require_binary)
+        model, report = convert_checkpoint(args.model, args.checkpoint, require_binary=args.require_binary)
     except ImportError as err:  # torch is an optional extra
         print(f"larq-esbnn import-torch: error: {err}", file=sys.stderr)
         return 2
+    unused = report.unused
+    if unused:
+        print(f"larq-esbnn import-torch: {len(unused)} checkpoint tensors were not used: "
+              + ", ".join(unused), file=sys.stderr)
     with atomic_path(args.output) as tmp:
         model.save_weights(tmp)
     print(f"wrote {args.output} ({model.count_params():,} parameters, "

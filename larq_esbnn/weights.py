@@ -28,8 +28,8 @@ reported top-1, and no hash (none has been verified). ``weights="imagenet"`` on
 such a model raises :class:`ExternalWeightsError`, which says where to download
 the file and the one call that uses it. Each is one :func:`released` record
 registered by the model's family module (``larq_esbnn/models/reactnet.py``,
-``bcdnet.py``, ``bnext.py``); the model must have an importer rule in
-:mod:`larq_esbnn.torch_import`.
+``bcdnet.py``, ``bnext.py``), beside the rules that map its checkpoint's tensor
+names (:func:`larq_esbnn.registry.register_torch_rules`).
 
 PyTorch checkpoints: ``weights=`` also accepts a downloaded ``.pth``,
 ``.pth.tar`` or ``.pt`` file (a path or a URL). It is read with
@@ -236,7 +236,7 @@ class ExternalWeights:
             "program: the authors publish them behind a link that needs a browser.",
             f"  1. download {self.filename} from {where}",
         ]
-        if self.model in torch_import.SUPPORTED:
+        if self.model in torch_import.supported():
             lines += [
                 "  2. use it in one call (converted once, then loaded from the cache "
                 f"{util.cache_dir(cache_dir)}):",
@@ -674,18 +674,17 @@ def converted_checkpoint(model, name, checkpoint, cache_dir=None):
     target = directory / f"{name}-{sha}.h5"
     if target.is_file():
         return target
-    if name not in torch_import.SUPPORTED:
+    if name not in torch_import.supported():
         raise WeightsError(
             f"{checkpoint}: PyTorch checkpoints can be converted for "
-            f"{', '.join(torch_import.SUPPORTED)}, not for {name!r}"
+            f"{', '.join(torch_import.supported())}, not for {name!r}"
         )
     try:
         state = torch_import.load_state_dict(str(checkpoint))
         into = model
         if not any(layer.name == "head_fc" for layer in model.layers):
-            fc = state.get("fc.weight")
-            extra = {"num_classes": int(fc.shape[0])} if fc is not None and fc.ndim == 2 else {}
-            into = registry.get(name, input_shape=model.input_shape[1:], **extra)
+            twin = torch_import.release_kwargs(name, state, {"input_shape": model.input_shape[1:]})
+            into = registry.get(name, **twin)
         report = torch_import.import_state_dict(into, name, state)
     except torch_import.CheckpointError as err:
         raise WeightsError(f"{checkpoint} is not a {name} checkpoint: {err}") from None

@@ -311,7 +311,7 @@ def compare(label, model, ref, size=64):
 def test_import_one_block_matches_the_reference(float64, model_name, tau, block, attention, strides):
     """One block of the released layout: import its tensors into a Keras block and
     compare with the reference forward of the same tensors (fast, every unit kind)."""
-    from larq_esbnn.torch_import import assign_state_dict
+    from larq_esbnn.torch_import import import_state_dict
 
     shapes = {k: v for k, v in released(model_name)["state_dict"].items() if k.startswith(f"feature.{block}.")}
     sd = random_state_dict(shapes, seed=10 + block + tau, temperature=0.9 ** 200)
@@ -320,7 +320,7 @@ def test_import_one_block_matches_the_reference(float64, model_name, tau, block,
     inp = tf.keras.Input((8, 8, cin * tau))
     out = blocks.bnext_block(inp, cout, strides, attention, blocks.BlockConfig(tau=tau), f"b{block}")
     model = tf.keras.Model(inp, out)
-    assert assign_state_dict(model, model_name, {k: v.numpy() for k, v in sd.items()}) == []
+    assert import_state_dict(model, model_name, {k: v.numpy() for k, v in sd.items()}).unused == []
     ref = Reference(sd, ch, tau)
     x = torch.randn(2, cin * tau, 8, 8, generator=torch.Generator().manual_seed(block), dtype=torch.float64)
     p = f"feature.{block}."
@@ -369,7 +369,7 @@ def test_import_es_bnext_t_with_unannealed_temperature(float64, capsys):
 
     spec = released("es_bnext_t")
     sd = random_state_dict(spec["state_dict"], seed=2, temperature=1.0)
-    model = convert_checkpoint("es_bnext_t", sd, input_shape=(64, 64, 3))
+    model, _ = convert_checkpoint("es_bnext_t", sd, input_shape=(64, 64, 3))
     err = capsys.readouterr().err
     assert "31 of 31 binary convs have a weight temperature T >= 1e-7" in err
     assert "Converted as such" in err
@@ -381,15 +381,15 @@ def test_import_es_bnext_t_with_unannealed_temperature(float64, capsys):
 
 
 def test_import_errors_name_the_tensor():
-    from larq_esbnn.torch_import import CheckpointError, assign_state_dict
+    from larq_esbnn.torch_import import CheckpointError, import_state_dict
 
     sd = {k: v.numpy() for k, v in random_state_dict(released("bnext_t")["state_dict"], 3, 1e-9).items()}
     model = models.bnext_t(input_shape=(32, 32, 3))
     missing = dict(sd)
     del missing["feature.4.FFN_2.se.se.3.weight"]
     with pytest.raises(CheckpointError, match=r"'feature\.4\.FFN_2\.se\.se\.3\.weight'.*b4_ffn2_se2"):
-        assign_state_dict(model, "bnext_t", missing)
-    assert assign_state_dict(model, "bnext_t", sd) == []
+        import_state_dict(model, "bnext_t", missing)
+    assert import_state_dict(model, "bnext_t", sd).unused == []
     # lambda: clamped where the release clamps in eval (FFN_1x1), kept elsewhere
     np.testing.assert_array_equal(model.get_layer("b3_ffn_recouple").scale.numpy(),
                                   np.clip(sd["feature.3.FFN.scale"].reshape(-1), 0, 1))

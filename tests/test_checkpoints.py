@@ -59,7 +59,7 @@ def test_external_entries_name_page_file_container_and_top1():
         assert weights.registered_top1(name, "imagenet") == pytest.approx(float(top1) / 100)
         assert "not measured here" in e.metric
         assert e.preprocessing is weights.IMAGENET
-        assert name in torch_import.SUPPORTED  # the error's one call works for every entry
+        assert name in torch_import.supported()  # the error's one call works for every entry
     # external entries are not files to verify, and the shipped ones still are
     assert weights.verify_registry() == len([e for e in weights.registered() if e.kind == "file"])
 
@@ -90,7 +90,7 @@ def test_imagenet_tag_raises_with_download_instructions(cache, capsys):
 def test_checkpoint_file_converted_once_then_loaded_from_cache(state, cache, tmp_path, monkeypatch):
     ckpt = save_release(state, tmp_path / "checkpoint.pth.tar")
     sha = weights.sha256_file(ckpt)
-    expected = convert_checkpoint("reactnet_18", str(ckpt), input_shape=SIZE)  # the importer itself
+    expected, _ = convert_checkpoint("reactnet_18", str(ckpt), input_shape=SIZE)  # the importer itself
     x = np.random.RandomState(0).normal(size=(2, *SIZE)).astype("float32")
     want = expected(x, training=False).numpy()
 
@@ -150,7 +150,7 @@ def test_zero_latent_weights_are_reported(state, cache, tmp_path):
     # the Python API returns the same report
     tf.keras.backend.clear_session()
     with pytest.warns(TernaryWeightsWarning):
-        _, report = convert_checkpoint("reactnet_18", str(ckpt), input_shape=SIZE, return_report=True)
+        _, report = convert_checkpoint("reactnet_18", str(ckpt), input_shape=SIZE)
     assert report.zero_total == 3 and report.zero_weights["layer4.1.binary_conv"]["first"] == [(0, 7, 2, 2)]
 
 

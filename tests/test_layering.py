@@ -11,11 +11,12 @@ would make every module a cycle).
 Layers, bottom up: ``util`` and ``errors`` (import nothing from the package) and
 ``registry`` (imports ``errors`` only),
 ``quantizers`` -> ``layers`` -> ``blocks``, then ``torch_import`` and
-``weights`` (conversion and loading; they build a model by name only through
-``registry``), then the families in ``models``, then ``detection`` (detectors on
-the families' feature maps; ``report`` and ``export`` import it so that the
-detectors are registered), then ``report``, ``export``, ``inference``, ``train``
-and the CLI.
+``weights`` (conversion and loading; they build a model, and find its
+checkpoint rules, by name only through ``registry``), then the families in
+``models`` (which register their checkpoint rules and weights records into the
+layers below), then ``detection`` (detectors on the families' feature maps;
+``report`` and ``export`` import it so that the detectors are registered), then
+``report``, ``export``, ``inference``, ``train`` and the CLI.
 """
 
 import ast
@@ -25,6 +26,9 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "larq_esbnn"
 CORE = ("util", "errors", "registry", "quantizers", "layers", "blocks")
+# conversion and loading: below the families, which register their weights and
+# checkpoint rules into them
+LOADERS = ("torch_import", "weights")
 
 
 def module_files(root):
@@ -156,6 +160,13 @@ def test_detection_sits_between_models_and_the_tools(graph):
              "larq_esbnn.cli"}
     assert not reachable(packages, "larq_esbnn.detection") & above
     assert "larq_esbnn.detection" not in reachable(packages, "larq_esbnn.models")
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_loaders_reach_only_core_and_loaders(graph, loader):
+    name = f"larq_esbnn.{loader}"
+    above = sorted(m for m in reachable(graph, name) if m.split(".")[1] not in CORE + LOADERS)
+    assert not above, f"{name} imports (directly or not) {', '.join(above)}"
 
 
 def test_checker_finds_cycles_and_upward_imports(tmp_path):

@@ -23,8 +23,8 @@ from larq_esbnn import cli, models  # noqa: E402
 from larq_esbnn.torch_import import (  # noqa: E402
     CheckpointError,
     TernaryWeightsWarning,
-    assign_state_dict,
     convert_checkpoint,
+    import_state_dict,
     load_state_dict,
 )
 
@@ -216,9 +216,8 @@ def test_reactnet_a_flat_weights(float64, capsys):
     sd = random_state_dict(shapes, seed=1)
     checkpoint = {"epoch": 256, "best_top1_acc": 0.0,
                   "state_dict": {"module." + k: v for k, v in sd.items()}}
-    model, unused = convert_checkpoint("reactnet_a", checkpoint, return_unused=True,
-                                       input_shape=(64, 64, 3))
-    assert unused == []
+    model, report = convert_checkpoint("reactnet_a", checkpoint, input_shape=(64, 64, 3))
+    assert report.unused == []
     assert trainable(model) == released("reactnet_a")["params"]
     ref = Reference(sd)
     compare("reactnet_a", model, ref, ref.reactnet_a, 64)
@@ -226,13 +225,13 @@ def test_reactnet_a_flat_weights(float64, capsys):
     broken = {k: v.numpy() for k, v in sd.items()}
     broken["feature.3.binary_pw.weights"] = broken["feature.3.binary_pw.weights"][:-1]
     with pytest.raises(CheckpointError, match=r"'feature\.3\.binary_pw\.weights' has shape \(16383, 1\), expected \(16384, 1\)"):
-        assign_state_dict(model, "reactnet_a", broken)
+        import_state_dict(model, "reactnet_a", broken)
 
 
 def test_es_reactnet_a_tau2(float64):
     shapes = released_shapes("es_reactnet_a_tau2")
     sd = random_state_dict(shapes, seed=2)
-    model = convert_checkpoint("es_reactnet_a", sd, input_shape=(64, 64, 3))
+    model, _ = convert_checkpoint("es_reactnet_a", sd, input_shape=(64, 64, 3))
     assert model.get_layer("b1_conv1").kernel.shape == (3, 3, 64, 16)
     ref = Reference(sd)
     compare("es_reactnet_a (tau=2)", model, ref, lambda x: ref.reactnet_a(x, tau=2), 64)
@@ -267,7 +266,7 @@ def test_bcdnet_a_two_heads(float64):
     sd = random_state_dict(shapes, seed=4)
     checkpoint = {"model": {"module." + k: v for k, v in sd.items()}, "optimizer": {}, "last_iter": 5}
     # 128 px: the MLP stage runs at 4x4, where shifts of 1 and 3 differ in every direction
-    model = convert_checkpoint("bcdnet_a", checkpoint, input_shape=(128, 128, 3), long_shift=3)
+    model, _ = convert_checkpoint("bcdnet_a", checkpoint, input_shape=(128, 128, 3), long_shift=3)
     assert trainable(model) == released("bcdnet_a")["params"]
     ref = Reference(sd)
     compare("bcdnet_a", model, ref, lambda x: ref.bcdnet_a(x, long_shift=3), 128)
@@ -281,21 +280,21 @@ def test_errors_name_the_tensor(capsys):
     missing = dict(sd)
     del missing["layer3.0.downsample.1.weight"]
     with pytest.raises(CheckpointError, match=r"'layer3\.0\.downsample\.1\.weight'.*l8_sc_conv"):
-        assign_state_dict(model, "reactnet_18", missing)
+        import_state_dict(model, "reactnet_18", missing)
 
     wrong = dict(sd)
     wrong["layer2.1.bn1.running_var"] = np.ones(64, "float32")
     with pytest.raises(CheckpointError, match=r"'layer2\.1\.bn1\.running_var' has shape \(64,\), expected \(128,\)"):
-        assign_state_dict(model, "reactnet_18", wrong)
+        import_state_dict(model, "reactnet_18", wrong)
 
     zero = dict(sd)
     zero["layer1.0.binary_conv.weight"] = sd["layer1.0.binary_conv.weight"].copy()
     zero["layer1.0.binary_conv.weight"][3, 2, 1, 0] = 0.0
     with pytest.warns(TernaryWeightsWarning, match=r"1 latent binary weights are exactly 0 \(in layer1\.0\.binary_conv -> l0_conv \(1\)\)"):
-        assign_state_dict(model, "reactnet_18", zero)
+        import_state_dict(model, "reactnet_18", zero)
 
     extra = dict(sd, **{"extra.weight": np.zeros(3, "float32")})
-    assert assign_state_dict(model, "reactnet_18", extra) == ["extra.weight"]
+    assert import_state_dict(model, "reactnet_18", extra).unused == ["extra.weight"]
     # the values landed where they belong (transposes / reshapes)
     np.testing.assert_array_equal(model.get_layer("stem_conv").kernel.numpy(),
                                   sd["conv1.weight"].transpose(2, 3, 1, 0))
@@ -307,11 +306,11 @@ def test_errors_name_the_tensor(capsys):
 
     tf.keras.backend.clear_session()
     headless = models.reactnet_18(input_shape=(64, 64, 3), include_top=False)
-    assert assign_state_dict(headless, "reactnet_18", sd) == ["fc.bias", "fc.weight"]
+    assert import_state_dict(headless, "reactnet_18", sd).unused == ["fc.bias", "fc.weight"]
 
     with pytest.raises(CheckpointError, match="not a tensor"):
         load_state_dict({"epoch": 3, "weights": {}})
     with pytest.raises(ValueError, match="unsupported model 'resnet20'"):
-        assign_state_dict(model, "resnet20", sd)
+        import_state_dict(model, "resnet20", sd)
     with pytest.raises(FileNotFoundError):
         load_state_dict("/nonexistent/checkpoint.pth")

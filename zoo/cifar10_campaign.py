@@ -1,4 +1,4 @@
-"""The CIFAR-10 campaign (issue 28): planned long schedules that run across sessions.
+"""The CIFAR-10 campaign: planned long schedules that run across sessions.
 
 Each model trains with one recipe of ``training/cifar10_campaign/`` decided up front
 (``resnet20_fp.toml`` for the teacher, ``binary.toml`` for the four binary variants).

@@ -7,10 +7,13 @@ stage of long-short range shift blocks at 7x7; BCDNet-B adds input-dependent
 """
 
 import dataclasses
+import re
 
 from larq_esbnn import blocks
-from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.registry import register_model, register_variant
+from larq_esbnn.models.common import build
+from larq_esbnn.models.reactnet import RESNET18_WIDTHS, reactnet_a_torch_name
+from larq_esbnn.registry import register_features, register_model, register_torch_rules, register_variant
+from larq_esbnn.torch_import import from_table
 from larq_esbnn.weights import register_weights, released
 
 BCDNET_A_CHANNELS = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 1024]
@@ -57,20 +60,20 @@ def bcdnet_a(
     keeps every binary kernel's size and doubles the real-valued per-channel
     parameters and the head inputs.
     """
-    check_num_classes(name, num_classes)
-    cfg = blocks.BlockConfig(
-        tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
-        binary_weights=binary_weights, bn_momentum=bn_momentum, dynamic=dynamic,
-        ratio=ratio, shift_padding=shift_padding,
-    )
-    x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
-    x = blocks.mobilenet_stem(x, cfg)
-    x = blocks.mobilenet_stage(x, BCDNET_A_CHANNELS, cfg)
-    mlp_cfg = dataclasses.replace(cfg, dynamic=False)
-    x = blocks.mlp_stage(x, mlp_cfg, mlp_repeats, shift_blocks, point_blocks, "mlp", long_shift)
-    if include_top:
-        x = blocks.classifier(x, num_classes, cfg, heads, head_channels, classifier_activation)
-    return finish(inputs, x, name, weights)
+    args = dict(locals())
+
+    def features(x, cfg):
+        x = blocks.mobilenet_stage(blocks.mobilenet_stem(x, cfg), BCDNET_A_CHANNELS, cfg)
+        return _mlp_stage(x, cfg, args)
+
+    return build(args, features)
+
+
+def _mlp_stage(x, cfg, args):
+    """The binary MLP stage, without contextual thresholds (BCDNet-B puts them on
+    the convolutional stage only)."""
+    return blocks.mlp_stage(x, dataclasses.replace(cfg, dynamic=False), args["mlp_repeats"],
+                            args["shift_blocks"], args["point_blocks"], "mlp", args["long_shift"])
 
 
 # The authors' ImageNet checkpoint (downloaded by hand, converted on first use).
@@ -80,6 +83,40 @@ register_weights(
              link="https://drive.google.com/file/d/12jL6SzBppXJry0fLq0AzhY1dYFVGyfp5/view?usp=sharing",
              note="step 2 (binary weights and activations); the README also links step 1"),
 )
+
+
+# ---------------------------------------------------------------- PyTorch tensor names
+# The release keeps ReActNet-A's names for the stem, the convolutional blocks and
+# the heads (fc, fc_dist). MLP block mlp{j} is ``mlp_layer.{r}.mlp_layer.{k}`` with
+# ``j = r * per_repeat + k`` (per_repeat = shift_blocks + point_blocks, 4 as released).
+#
+# An ASSUMPTION, not checked against trained weights: in the release block,
+# ``binary_conv`` acts on the unshifted tensor, ``binary_conv1`` on the short-range
+# (1) shift and ``binary_conv2`` on the long-range shift; they map to our
+# ``mlp{j}_pw``, ``mlp{j}_short`` and ``mlp{j}_long``. If a converted BCDNet-A
+# loses accuracy, swapping short / long is the first thing to try.
+BCDNET_MLP_BLOCK = {
+    "move": ("bias", "move0"),
+    "pw": ("conv", "binary_conv"),
+    "short": ("conv", "binary_conv1"),
+    "long": ("conv", "binary_conv2"),
+    "bn": ("bn", "bn1"),
+    "rprelu": ("rprelu", ("move1", "prelu", "move2")),
+}
+_MLP_NAME = re.compile(r"^mlp(\d+)_(.+)$")
+
+
+def bcdnet_a_torch_name(layer_name, args):
+    """(kind, torch name(s)) of a BCDNet-A layer in the released checkpoint, or None;
+    ``args`` are the model's arguments (its MLP blocks per repeat)."""
+    m = _MLP_NAME.match(layer_name)
+    if m:
+        r, k = divmod(int(m.group(1)), args["shift_blocks"] + args["point_blocks"])
+        return from_table(BCDNET_MLP_BLOCK, m.group(2), f"mlp_layer.{r}.mlp_layer.{k}.")
+    return reactnet_a_torch_name(layer_name)
+
+
+register_torch_rules({"bcdnet_a": "BCDNet release (step 2)"}, bcdnet_a_torch_name)
 
 
 bcdnet_b = register_variant(
@@ -129,20 +166,13 @@ def bcdnet_a_18(
     3*512*512 + 4*512; point block: 512*512 + 4*512), plus 513,000 for the
     second head (pinned in the tests).
     """
-    check_num_classes(name, num_classes)
-    cfg = blocks.BlockConfig(
-        tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
-        binary_weights=binary_weights, bn_momentum=bn_momentum, dynamic=dynamic,
-        ratio=ratio, shift_padding=shift_padding,
-    )
-    x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
-    x = blocks.resnet18_stem(x, cfg)
-    x = blocks.resnet_stages(x, [64, 128, 256, 512], 4, cfg, skip_last=3)
-    mlp_cfg = dataclasses.replace(cfg, dynamic=False)
-    x = blocks.mlp_stage(x, mlp_cfg, mlp_repeats, shift_blocks, point_blocks, "mlp", long_shift)
-    if include_top:
-        x = blocks.classifier(x, num_classes, cfg, heads, head_channels, classifier_activation)
-    return finish(inputs, x, name, weights)
+    args = dict(locals())
+
+    def features(x, cfg):
+        x = blocks.resnet_stages(blocks.resnet18_stem(x, cfg), RESNET18_WIDTHS, 4, cfg, skip_last=3)
+        return _mlp_stage(x, cfg, args)
+
+    return build(args, features)
 
 
 bcdnet_b_18 = register_variant(
@@ -154,7 +184,6 @@ bcdnet_b_18 = register_variant(
 # (b1, b3, b5, b9), then the last stage = block b10 (stride 2, 512 -> 1024) and the
 # binary MLP stage, ending at its last block. The ResNet-18 variants: ReActNet-18's
 # stem and stages 1-3, then stage 4 = layer l12 and the MLP stage.
-from larq_esbnn.registry import register_features  # noqa: E402  (kept with the declarations)
 
 
 def _mlp_end(args, conv_end):

@@ -1,4 +1,8 @@
-"""BNext-T/S/M/L and ES-BNext-T, exact to the released code (spec bnext_binaryvit.md A-C).
+"""BNext-T/S/M/L and ES-BNext-T, exact to the released code.
+
+BNext: Guo et al., "Join the High Accuracy Club on ImageNet with A Binary Neural
+Network Ticket", 2022 (upstream ``src/bnext.py``); ES-BNext: the ES-BNN release
+``src/bnext_rep_ops.py`` (Shi et al., 2025).
 
 ``es_bnext_t`` is ``bnext_t(tau=2)`` (the ES-BNN release ``bnext_rep_ops.py``,
 ``rep_beta=2``). Blocks are :func:`larq_esbnn.blocks.bnext_stages`.
@@ -24,12 +28,15 @@ The non-trainable weights are the BN moving statistics (PyTorch buffers) and
 one temperature scalar per binary conv (also a buffer in the release).
 """
 
+import re
+
 import tensorflow as tf
 
 from larq_esbnn import blocks
 from larq_esbnn.layers import ChannelSplit, UnusedWeight
-from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.registry import register_variant
+from larq_esbnn.models.common import block_config, check_num_classes, finish, model_input
+from larq_esbnn.registry import register_features, register_torch_rules, register_variant
+from larq_esbnn.torch_import import classifier_rule, under
 from larq_esbnn.weights import register_weights, released
 
 layers = tf.keras.layers
@@ -102,16 +109,14 @@ def bnext(
     binary and SE kernels (tau C x C/tau), doubles every per-channel vector and
     shrinks the SE biases: 30,943,490.
     """
+    args = dict(locals())
     if size not in BNEXT_CHANNELS:
         raise ValueError(f"{name}: size must be one of {', '.join(BNEXT_CHANNELS)}, got {size!r}")
     if stem_strides not in (1, 2):
         raise ValueError(f"{name}: stem_strides must be 1 or 2, got {stem_strides!r}")
     check_num_classes(name, num_classes)
     channels = BNEXT_CHANNELS[size]
-    cfg = blocks.BlockConfig(
-        tau=tau, pad_value=pad_value, symmetric=symmetric, binary_weights=binary_weights,
-        bn_momentum=bn_momentum,
-    )
+    cfg = block_config(args)
     for c in set(channels[1:]):
         if c % (8 * tau):
             raise ValueError(
@@ -170,11 +175,70 @@ register_weights(
 )
 
 
+# ---------------------------------------------------------------- PyTorch tensor names
+# ``feature.{i}.Attention`` (the 3x3 unit, also when it is an FFN_3x3),
+# ``.FFN`` / ``.FFN_1`` / ``.FFN_2`` are our ``b{i}_u3_*``, ``b{i}_ffn*_*``. In a unit:
+# ``move`` -> ``_move``, ``binary_conv`` -> ``_conv`` (kernel and ``temperature``),
+# ``norm1/2`` -> ``_bn1/2``, ``activation1/2`` -> ``_prelu1/2``, ``scale`` ->
+# ``_recouple`` (lambda; clamped to [0, 1] for the FFN_1x1 units, whose released
+# forward clamps it in eval too), ``se.se.1`` / ``se.se.3`` (ES: ``se.se.4``, a tile
+# module sits at index 3) -> ``_se1`` / ``_se2``. The stem's and the FFNs' unused
+# PReLUs are :class:`larq_esbnn.layers.UnusedWeight`; ``prelu`` is ``head_prelu``.
+# HardSign's ``binary_activation.temperature`` changes no output and is read but not
+# stored.
+_BNEXT_LAYER_NAME = re.compile(r"^b(\d+)_(u3|ffn|ffn1|ffn2)_(.+)$")
+BNEXT_UNITS = {"u3": "Attention", "ffn": "FFN", "ffn1": "FFN_1", "ffn2": "FFN_2"}
+BNEXT_UNIT = {
+    "move": ("bias", "move"),
+    "conv": ("temperature_conv", "binary_conv"),
+    "bn1": ("bn", "norm1"),
+    "bn2": ("bn", "norm2"),
+    "prelu1": ("prelu", "activation1"),
+    "prelu2": ("prelu", "activation2"),
+    "recouple": ("scale", "scale"),
+    "se1": ("conv_bias", "se.se.1"),
+    "se2": ("conv_bias", ("se.se.3", "se.se.4")),
+}
+_BNEXT_FIXED = {
+    "stem_conv": ("conv", "feature.0.conv1"),
+    "stem_bn": ("bn", "feature.0.bn1"),
+    "stem_prelu": ("prelu", "feature.0.prelu"),
+    "head_prelu": ("prelu", "prelu"),
+}
+
+
+def bnext_torch_name(layer_name, args=None):
+    """(kind, torch name(s)) of a BNext / ES-BNext layer in the released checkpoint, or None."""
+    if layer_name in _BNEXT_FIXED:
+        return _BNEXT_FIXED[layer_name]
+    m = _BNEXT_LAYER_NAME.match(layer_name)
+    if not m:
+        return classifier_rule(layer_name)
+    if m.group(3) not in BNEXT_UNIT:
+        return None
+    kind, rel = BNEXT_UNIT[m.group(3)]
+    if kind == "scale" and m.group(2) != "u3":
+        kind = "scale_clamped"  # FFN_1x1 clamps lambda to [0, 1] in eval too; the 3x3 units do not
+    prefix = f"feature.{int(m.group(1))}.{BNEXT_UNITS[m.group(2)]}."
+    return kind, under(prefix, rel)
+
+
+def bnext_release_args(kwargs):
+    """The release builds its stem with stride 1 whenever ``num_classes != 1000``."""
+    if kwargs.get("num_classes", 1000) != 1000:
+        kwargs = {"stem_strides": 1, **kwargs}
+    return kwargs
+
+
+register_torch_rules({"bnext_t": "BNext release (src/bnext.py, size tiny)",
+                      "es_bnext_t": "ES-BNN release (src/bnext_rep_ops.py, rep_beta=2)"},
+                     bnext_torch_name, bnext_release_args)
+
+
 # Feature maps (features_only=True): BNext keeps ReActNet-A's MobileNet-V1 layout, so
 # its stages are the runs of blocks at one width, ending at strides 2-32 (with the
 # default stem stride 2) at the last block of each width (its add, or the concat of
 # the two 1x1 units where the width doubles).
-from larq_esbnn.registry import register_features  # noqa: E402  (kept with the declarations)
 
 
 def _bnext_stages(args):

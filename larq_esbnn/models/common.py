@@ -1,8 +1,13 @@
 """Input checks and model finishing shared by every factory (keras.applications style)."""
 
+import dataclasses
+
 import tensorflow as tf
 
+from larq_esbnn import blocks
 from larq_esbnn.weights import load_weights
+
+_BLOCK_OPTIONS = frozenset(f.name for f in dataclasses.fields(blocks.BlockConfig))
 
 
 def model_input(name, input_shape, input_tensor, default_size, multiple, min_size):
@@ -43,6 +48,41 @@ def finish(inputs, outputs, name, weights):
     if weights is not None:
         load_weights(model, name, weights)
     return model
+
+
+def block_config(args):
+    """The :class:`larq_esbnn.blocks.BlockConfig` of a factory's arguments ``args``.
+
+    Each factory takes the block options it supports (``tau``, ``groups``,
+    ``pad_value``, ``bn_momentum`` ...) under the field names of BlockConfig, so
+    they are picked by name here instead of being copied one by one in every
+    factory; an option a factory does not take keeps its default (no ``groups``
+    in BNext: 1).
+    """
+    return blocks.BlockConfig(**{k: v for k, v in args.items() if k in _BLOCK_OPTIONS})
+
+
+def build(args, features, default_size=224, multiple=32, min_size=32, cfg=None):
+    """The frame every convolutional factory shares, around its ``features(x, cfg)``.
+
+    ``args`` are the factory's own arguments: ``locals()`` taken as its first
+    statement, before it binds any other name. In order: check ``num_classes``,
+    make the block options (``cfg``, else :func:`block_config`), validate the
+    input (``default_size``, sides a ``multiple`` of and at least ``min_size``),
+    run ``features``, add the classifier when ``include_top`` (``heads`` and
+    ``head_channels`` where the factory has them, else one head on all
+    channels) and load ``weights``. Layers are created in that order, so every
+    model keeps the layer names its weights files are stored under.
+    """
+    name = args["name"]
+    check_num_classes(name, args["num_classes"])
+    cfg = cfg or block_config(args)
+    x, inputs = model_input(name, args["input_shape"], args["input_tensor"], default_size, multiple, min_size)
+    x = features(x, cfg)
+    if args["include_top"]:
+        x = blocks.classifier(x, args["num_classes"], cfg, args.get("heads", 1),
+                              args.get("head_channels", "all"), args["classifier_activation"])
+    return finish(inputs, x, name, args["weights"])
 
 
 def transfer_weights(source, target):

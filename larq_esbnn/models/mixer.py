@@ -13,7 +13,8 @@ binary linear -> BN, RPReLU as the activation, BN instead of LayerNorm).
 import tensorflow as tf
 
 from larq_esbnn import blocks
-from larq_esbnn.models.common import check_num_classes, finish, model_input
+from larq_esbnn.models.common import build, check_num_classes
+from larq_esbnn.models.reactnet import RESNET18_WIDTHS
 from larq_esbnn.registry import register_model
 
 layers = tf.keras.layers
@@ -53,6 +54,7 @@ def mlp_mixer_s_binary(
     ``pad_value`` (0 or 1) is accepted for the zoo-wide API only: 1x1 binary
     convs never pad.
     """
+    args = dict(locals())
     check_num_classes(name, num_classes)
     if pad_value not in (0, 0.0, 1, 1.0):
         raise ValueError(f"{name}: pad_value must be 0 or 1, got {pad_value!r}")
@@ -60,15 +62,16 @@ def mlp_mixer_s_binary(
                        ("token_expansion", token_expansion), ("channel_expansion", channel_expansion)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: {key} must be a positive integer, got {value!r}")
+
+    def features(x, cfg):
+        x = layers.Conv2D(width, patch_size, strides=patch_size, name="stem_conv")(x)
+        for i in range(depth):
+            x = blocks.mixer_block(x, cfg, f"mix{i}", token_expansion, channel_expansion)
+        return cfg.bn("head_norm")(x)
+
+    # pad_value is checked but not used (no binary conv here pads), so not in the config
     cfg = blocks.BlockConfig(binary_weights=binary_weights, bn_momentum=bn_momentum)
-    x, inputs = model_input(name, input_shape, input_tensor, 224, patch_size, patch_size)
-    x = layers.Conv2D(width, patch_size, strides=patch_size, name="stem_conv")(x)
-    for i in range(depth):
-        x = blocks.mixer_block(x, cfg, f"mix{i}", token_expansion, channel_expansion)
-    x = cfg.bn("head_norm")(x)
-    if include_top:
-        x = blocks.classifier(x, num_classes, cfg, 1, "all", classifier_activation)
-    return finish(inputs, x, name, weights)
+    return build(args, features, multiple=patch_size, min_size=patch_size, cfg=cfg)
 
 
 @register_model("reactnet_18_mixer", "ReActNet-18 with its last 3 conv layers replaced by 3 binary Mixer blocks (BCDNet Fig. 3)")
@@ -103,14 +106,12 @@ def reactnet_18_mixer(
     for three): **11,017,985**, 10,256,664 of them binary (3,907,584 in the
     13 remaining conv layers).
     """
-    check_num_classes(name, num_classes)
-    cfg = blocks.BlockConfig(pad_value=pad_value, symmetric=symmetric, binary_weights=binary_weights,
-                             bn_momentum=bn_momentum)
-    x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
-    x = blocks.resnet18_stem(x, cfg)
-    x = blocks.resnet_stages(x, [64, 128, 256, 512], 4, cfg, skip_last=3)
-    for i in range(mixer_blocks):
-        x = blocks.mixer_block(x, cfg, f"mix{i}", token_expansion, channel_expansion)
-    if include_top:
-        x = blocks.classifier(x, num_classes, cfg, 1, "all", classifier_activation)
-    return finish(inputs, x, name, weights)
+    args = dict(locals())
+
+    def features(x, cfg):
+        x = blocks.resnet_stages(blocks.resnet18_stem(x, cfg), RESNET18_WIDTHS, 4, cfg, skip_last=3)
+        for i in range(mixer_blocks):
+            x = blocks.mixer_block(x, cfg, f"mix{i}", token_expansion, channel_expansion)
+        return x
+
+    return build(args, features)

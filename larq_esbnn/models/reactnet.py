@@ -5,12 +5,16 @@ Generalized Activation Functions", ECCV 2020. ``es_reactnet_a`` is
 ``reactnet_a(tau=2)``, the ES-ReActNet-A of ES-BNN (Shi et al., 2025).
 """
 
+import re
+
 from larq_esbnn import blocks
-from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.registry import register_model, register_variant
+from larq_esbnn.models.common import build
+from larq_esbnn.registry import register_features, register_model, register_torch_rules, register_variant
+from larq_esbnn.torch_import import classifier_rule, from_table
 from larq_esbnn.weights import register_weights, released
 
 REACTNET_A_CHANNELS = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
+RESNET18_WIDTHS = [64, 128, 256, 512]  # four stages of four basic layers
 
 
 @register_model(
@@ -45,17 +49,11 @@ def reactnet_a(
     kernels keep their size (C_in tau x C_out / tau), the real-valued per-channel
     parameters (BN, biases, PReLU) double and the head reads 2048 features.
     """
-    check_num_classes(name, num_classes)
-    cfg = blocks.BlockConfig(
-        tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
-        binary_weights=binary_weights, bn_momentum=bn_momentum,
-    )
-    x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
-    x = blocks.mobilenet_stem(x, cfg)
-    x = blocks.mobilenet_stage(x, REACTNET_A_CHANNELS, cfg)
-    if include_top:
-        x = blocks.classifier(x, num_classes, cfg, 1, head_channels, classifier_activation)
-    return finish(inputs, x, name, weights)
+    return build(locals(), _reactnet_a_features)
+
+
+def _reactnet_a_features(x, cfg):
+    return blocks.mobilenet_stage(blocks.mobilenet_stem(x, cfg), REACTNET_A_CHANNELS, cfg)
 
 
 es_reactnet_a = register_variant(
@@ -93,17 +91,11 @@ def reactnet_18(
     parameters, the real 1x1 shortcuts (C_in tau x C_out tau: tau^2 larger) and
     the head input (512 tau) grow; the count is pinned in the tests.
     """
-    check_num_classes(name, num_classes)
-    cfg = blocks.BlockConfig(
-        tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
-        binary_weights=binary_weights, bn_momentum=bn_momentum,
-    )
-    x, inputs = model_input(name, input_shape, input_tensor, 224, 32, 32)
-    x = blocks.resnet18_stem(x, cfg)
-    x = blocks.resnet_stages(x, [64, 128, 256, 512], 4, cfg)
-    if include_top:
-        x = blocks.classifier(x, num_classes, cfg, 1, head_channels, classifier_activation)
-    return finish(inputs, x, name, weights)
+    return build(locals(), _reactnet_18_features)
+
+
+def _reactnet_18_features(x, cfg):
+    return blocks.resnet_stages(blocks.resnet18_stem(x, cfg), RESNET18_WIDTHS, 4, cfg)
 
 
 # The authors' ImageNet checkpoints (downloaded by hand, converted on first use).
@@ -129,12 +121,75 @@ es_reactnet_18 = register_variant(
 )
 
 
+# ---------------------------------------------------------------- PyTorch tensor names
+# How the released checkpoints (ReActNet's mobilenet/ and resnet/ step-2 code; the
+# Rep-ReActNet release of ES-BNN for tau = 2) name what our layers hold. The
+# ReActNet-A block table is BCDNet-A's too (models/bcdnet.py), whose release
+# keeps ReActNet's module names for its convolutional stage.
+
+# block b{i}: Keras layer suffix -> (kind, torch name(s) below "feature.{i}.")
+REACTNET_A_BLOCK = {
+    "1_move": ("bias", "move11"),
+    "conv1": ("conv", "binary_3x3"),
+    "bn1": ("bn", "bn1"),
+    "rprelu1": ("rprelu", ("move12", "prelu1", "move13")),
+    "2_move": ("bias", "move21"),
+    "conv2": ("conv", "binary_pw"),
+    "bn2": ("bn", "bn2"),
+    "conv2a": ("conv", "binary_pw_down1"),
+    "conv2b": ("conv", "binary_pw_down2"),
+    "bn2a": ("bn", "bn2_1"),
+    "bn2b": ("bn", "bn2_2"),
+    "rprelu2": ("rprelu", ("move22", "prelu2", "move23")),
+}
+# layer l{4 s + j}: Keras layer suffix -> (kind, torch name(s) below "layer{s + 1}.{j}.")
+REACTNET_18_LAYER = {
+    "move": ("bias", "move0"),
+    "conv": ("conv", "binary_conv"),
+    "bn": ("bn", "bn1"),
+    "rprelu": ("rprelu", ("move1", "prelu", "move2")),
+    "sc_conv": ("conv", "downsample.1"),
+    "sc_bn": ("bn", "downsample.2"),
+}
+_A_BLOCK_NAME = re.compile(r"^b(\d+)_(.+)$")
+_18_LAYER_NAME = re.compile(r"^l(\d+)_(.+)$")
+
+
+def reactnet_a_torch_name(layer_name, args=None):
+    """(kind, torch name(s)) of a ReActNet-A layer in the released checkpoint, or None:
+    the stem is ``feature.0``, block ``b{i}`` is ``feature.{i}``, the head ``fc``."""
+    stem = {"stem_conv": ("conv", "feature.0.conv1"), "stem_bn": ("bn", "feature.0.bn1")}
+    if layer_name in stem:
+        return stem[layer_name]
+    m = _A_BLOCK_NAME.match(layer_name)
+    if m:
+        return from_table(REACTNET_A_BLOCK, m.group(2), f"feature.{int(m.group(1))}.")
+    return classifier_rule(layer_name)
+
+
+def reactnet_18_torch_name(layer_name, args=None):
+    """(kind, torch name(s)) of a ReActNet-18 layer, or None: torchvision's ResNet
+    names (``conv1``, ``bn1``, ``layer{s}.{j}``, ``fc``), 4 layers a stage."""
+    stem = {"stem_conv": ("conv", "conv1"), "stem_bn": ("bn", "bn1")}
+    if layer_name in stem:
+        return stem[layer_name]
+    m = _18_LAYER_NAME.match(layer_name)
+    if m:
+        stage, j = divmod(int(m.group(1)), 4)
+        return from_table(REACTNET_18_LAYER, m.group(2), f"layer{stage + 1}.{j}.")
+    return classifier_rule(layer_name)
+
+
+register_torch_rules({"reactnet_a": "ReActNet release (MobileNet, step 2)",
+                      "es_reactnet_a": "Rep-ReActNet release (ES, tau=2, step 2)"}, reactnet_a_torch_name)
+register_torch_rules({"reactnet_18": "ReActNet release (ResNet-18, step 2)"}, reactnet_18_torch_name)
+
+
 # Feature maps (features_only=True). ReActNet-A follows MobileNet-V1, whose stages
 # are the runs of blocks at one resolution: the last block at strides 2, 4, 8, 16
 # and 32 (64, 128, 256, 512, 1024 channels; b1, b3, b5, b11, b13). ReActNet-18 has
 # ResNet-18's stem (its BN at stride 2, before the max pool) and four stages of
 # four layers (l3, l7, l11, l15 at strides 4-32).
-from larq_esbnn.registry import register_features  # noqa: E402  (kept with the declarations)
 
 
 def _reactnet_a_stages(args):

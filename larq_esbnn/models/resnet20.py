@@ -7,8 +7,8 @@
 import tensorflow as tf
 
 from larq_esbnn import blocks
-from larq_esbnn.models.common import check_num_classes, finish, model_input
-from larq_esbnn.registry import register_model, register_variant
+from larq_esbnn.models.common import build, check_num_classes
+from larq_esbnn.registry import register_features, register_model, register_variant
 
 layers = tf.keras.layers
 
@@ -42,19 +42,13 @@ def resnet20(
     parameters linearly, the two 1x1 shortcuts quadratically, the head input
     64 tau g. Counts per variant are pinned in the tests.
     """
-    check_num_classes(name, num_classes)
-    cfg = blocks.BlockConfig(
-        tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
-        binary_weights=binary_weights, bn_momentum=bn_momentum,
-    )
-    x, inputs = model_input(name, input_shape, input_tensor, 32, 4, 8)
+    return build(locals(), _resnet20_features, default_size=32, multiple=4, min_size=8)
+
+
+def _resnet20_features(x, cfg):
     x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem_conv")(x)
-    x = cfg.bn("stem_bn")(x)
-    x = blocks.stem_tile(x, cfg)
-    x = blocks.resnet_stages(x, [16, 32, 64], 6, cfg)
-    if include_top:
-        x = blocks.classifier(x, num_classes, cfg, 1, head_channels, classifier_activation)
-    return finish(inputs, x, name, weights)
+    x = blocks.stem_tile(cfg.bn("stem_bn")(x), cfg)
+    return blocks.resnet_stages(x, [16, 32, 64], 6, cfg)
 
 
 @register_model("resnet20_fp", "Real-valued ResNet-20 (He et al.), the CIFAR-10 distillation teacher", input_size=32,
@@ -80,20 +74,21 @@ def resnet20_fp(
     16*32 + 32*32*5 + 32*64 + 64*64*5) = 267,696, shortcuts 16*32 + 32*64 = 2,560,
     BN 2 (16 + 16*6 + 32*7 + 64*7) = 1,568, head 650: 272,474.
     """
+    args = dict(locals())
     check_num_classes(name, num_classes)
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"{name}: width must be a positive integer, got {width!r}")
-    cfg = blocks.BlockConfig(bn_momentum=bn_momentum)
-    x, inputs = model_input(name, input_shape, input_tensor, 32, 4, 8)
-    x = layers.Conv2D(16 * width, 3, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.ReLU(name="stem_relu")(cfg.bn("stem_bn")(x))
-    for s, channels in enumerate([16, 32, 64]):
-        for j in range(3):
-            strides = 2 if (s > 0 and j == 0) else 1
-            x = blocks.real_basic_block(x, channels * width, strides, cfg, f"l{3 * s + j}")
-    if include_top:
-        x = blocks.classifier(x, num_classes, cfg, 1, "all", classifier_activation)
-    return finish(inputs, x, name, weights)
+
+    def features(x, cfg):
+        x = layers.Conv2D(16 * width, 3, padding="same", use_bias=False, name="stem_conv")(x)
+        x = layers.ReLU(name="stem_relu")(cfg.bn("stem_bn")(x))
+        for s, channels in enumerate([16, 32, 64]):
+            for j in range(3):
+                strides = 2 if (s > 0 and j == 0) else 1
+                x = blocks.real_basic_block(x, channels * width, strides, cfg, f"l{3 * s + j}")
+        return x
+
+    return build(args, features, default_size=32, multiple=4, min_size=8)
 
 
 es_resnet20 = register_variant("es_resnet20", resnet20, "ResNet-20 with expanding-and-shrinking, tau=2", 32, tau=2)
@@ -105,7 +100,6 @@ es_g_resnet20 = register_variant(
 
 # Feature maps (features_only=True): the stem and the ends of the three stages of
 # He et al.'s CIFAR ResNet (16, 32, 64 channels at strides 1, 2, 4).
-from larq_esbnn.registry import register_features  # noqa: E402  (kept with the declarations)
 
 
 def _resnet20_stages(args):
