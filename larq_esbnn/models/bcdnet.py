@@ -12,7 +12,12 @@ import re
 from larq_esbnn import blocks
 from larq_esbnn.models.common import build
 from larq_esbnn.models.reactnet import RESNET18_WIDTHS, reactnet_a_torch_name
-from larq_esbnn.registry import register_features, register_model, register_torch_rules, register_variant
+from larq_esbnn.registry import (
+    register_features,
+    register_model,
+    register_torch_rules,
+    register_variant,
+)
 from larq_esbnn.torch_import import from_table
 from larq_esbnn.weights import register_weights, released
 

@@ -9,7 +9,12 @@ import re
 
 from larq_esbnn import blocks
 from larq_esbnn.models.common import build
-from larq_esbnn.registry import register_features, register_model, register_torch_rules, register_variant
+from larq_esbnn.registry import (
+    register_features,
+    register_model,
+    register_torch_rules,
+    register_variant,
+)
 from larq_esbnn.torch_import import classifier_rule, from_table
 from larq_esbnn.weights import register_weights, released
 
