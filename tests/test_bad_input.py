@@ -229,6 +229,23 @@ def test_ctrl_c_during_train(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "interrupted: checkpoint" in err and f"--output {out} --resume" in err
     assert latest.exists() and not (out / "weights.h5").exists()
+    # the log lists the saved epochs only, not the one the interrupt cut short
+    state = json.loads(latest.read_text())
+    rows = (out / f"log_step{state['step']}.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == list(range(state["epoch"] + 1))
+
+
+def test_resume_drops_log_rows_of_unsaved_epochs(tmp_path):
+    from larq_esbnn.train.trainer import drop_unsaved_log_rows
+
+    log = tmp_path / "log_step1.csv"
+    log.write_text("epoch,accuracy\n0,0.5\n1,0.6\n2,0.61\n")
+    drop_unsaved_log_rows(log, 2)
+    assert log.read_text() == "epoch,accuracy\n0,0.5\n1,0.6\n"
+    drop_unsaved_log_rows(log, 5)
+    assert log.read_text() == "epoch,accuracy\n0,0.5\n1,0.6\n"
+    drop_unsaved_log_rows(tmp_path / "missing.csv", 0)
+    assert not (tmp_path / "missing.csv").exists()
 
 
 # ------------------------------------------------------------------ wrong results with exit 0

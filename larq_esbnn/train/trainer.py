@@ -471,9 +471,11 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
             StateStore(out / "state").restore(student, optimizer, state)
     store = StateStore(out / "state")
     monitor = _Monitor(recipe.batch_size)
+    log_path = out / f"log_step{step_index}.csv"
+    drop_unsaved_log_rows(log_path, resume_epoch)
     callbacks = [
         monitor,
-        tf.keras.callbacks.CSVLogger(str(out / f"log_step{step_index}.csv"), append=True),
+        tf.keras.callbacks.CSVLogger(str(log_path), append=True),
         tf.keras.callbacks.TensorBoard(str(out / "tensorboard" / f"step{step_index}"), write_graph=False, profile_batch=0),
     ]
     val_limit = recipe.val_limit or recipe.test_limit or None
@@ -497,6 +499,7 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
                 callbacks=callbacks, verbose=1 if os.environ.get("LARQ_ESBNN_QUIET") is None else 2,
             )
         if monitor.interrupted:
+            drop_unsaved_log_rows(log_path, epoch)  # Keras logged the cut epoch as if complete
             raise KeyboardInterrupt  # the unfinished epoch is not saved
         if monitor.bad_loss is not None:
             batch, value = monitor.bad_loss
@@ -512,6 +515,24 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
               "convs still use real weights clip(W / T, -1, 1); train longer or lower "
               "weight_temperature_decay to end with sign(W)")
     return student
+
+
+def drop_unsaved_log_rows(path, first_unsaved):
+    """Keep only the rows of epochs (0-based) before ``first_unsaved`` in a step's CSV log.
+
+    The log must describe the checkpoints, not the attempts: an epoch cut short by
+    Ctrl-C still gets a row from Keras (stop_training ends the epoch early and its
+    callbacks run), and a run killed between the log and the checkpoint leaves one;
+    resuming reruns those epochs, which would otherwise appear twice.
+    """
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    if not lines:
+        return
+    kept = [lines[0]] + [line for line in lines[1:] if line and int(line.split(",")[0]) < first_unsaved]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "\n".join(kept) + "\n")
 
 
 def _merge_logs(out):
