@@ -101,7 +101,7 @@ def _run_folder(out, argv):
 
 def _train(args):
     from larq_esbnn.train.recipe import Recipe, default_recipe
-    from larq_esbnn.train.trainer import train
+    from larq_esbnn.train.trainer import has_binary_weights, train
 
     if args.recipe:
         recipe = Recipe.load(args.recipe)
@@ -138,8 +138,9 @@ def _train(args):
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    plan = ", ".join(f"step {i} {s.epochs} ({'binary' if s.binary_weights else 'real'} weights)"
-                     for i, s in enumerate(recipe.steps, 1))
+    binary = has_binary_weights(recipe.model)
+    plan = ", ".join(f"step {i} {s.epochs} ({'binary' if s.binary_weights else 'real'} weights)" if binary
+                     else f"step {i} {s.epochs} (real-valued model)" for i, s in enumerate(recipe.steps, 1))
     print(f"{recipe.model}: {sum(s.epochs for s in recipe.steps)} epochs: {plan}")
     with _run_folder(args.output, args.argv):
         train(recipe, args.output, resume=args.resume, strategy=args.strategy)

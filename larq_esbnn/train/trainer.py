@@ -626,10 +626,15 @@ def load_teacher(spec, input_shape=None, num_classes=None):
     return model
 
 
+def has_binary_weights(model_name):
+    """Whether model ``model_name`` has binary weights (its factory takes ``binary_weights``)."""
+    return "binary_weights" in inspect.signature(models.entry(model_name).factory).parameters
+
+
 def _step_args(model_name, step):
     """``binary_weights`` of the step, for models that have binary weights (a
     real-valued teacher has none, and refuses ``binary_weights=False`` steps)."""
-    if "binary_weights" in inspect.signature(models.entry(model_name).factory).parameters:
+    if has_binary_weights(model_name):
         return {"binary_weights": step.binary_weights}
     if not step.binary_weights:
         raise ValueError(f"{model_name} has no binary weights; remove binary_weights = false from its recipe steps")
