@@ -337,6 +337,14 @@ def test_sgd_steps_use_nesterov_momentum_and_the_decay_groups():
         Recipe.from_dict({"model": "resnet20", "data": "x", "steps": [{"epochs": 1, "lr": 1, "optimizer": "adam"}]})
 
 
+def test_real_valued_models_refuse_real_weight_steps():
+    assert trainer.has_binary_weights("resnet20") and trainer.has_binary_weights("es_reactnet_a")
+    assert not trainer.has_binary_weights("resnet20_fp")
+    with pytest.raises(ValueError, match="resnet20_fp has no binary weights"):
+        trainer._step_args("resnet20_fp", Step(epochs=1, lr=0.1, binary_weights=False))
+    assert trainer._step_args("resnet20", Step(epochs=1, lr=0.1, binary_weights=False)) == {"binary_weights": False}
+
+
 def test_resume_from_a_committed_snapshot_when_the_run_folder_is_gone(folder, tmp_path, capsys):
     """A run killed after step 2, epoch 1 of 2 is snapshotted; its folder is lost; a
     new run with ``resume=True`` continues from the snapshot's weights at the same
