@@ -82,7 +82,8 @@ def render_cli():
         ]
         for line, sub in _subcommands(parser, "larq-esbnn"):
             out += [f"## `{line}`", "", "```text", sub.format_help().rstrip(), "```", ""]
-        return "\n".join(out)
+        # help texts name the recipes folder of the installed checkout: show it relative
+        return "\n".join(out).replace(f"{ROOT}/", "")
     finally:
         if old is None:
             os.environ.pop("COLUMNS", None)
