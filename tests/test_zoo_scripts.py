@@ -44,3 +44,17 @@ def test_ship_replaces_the_file_and_exactly_one_registry_record(tmp_path):
     assert len(records) == len(original) and len(changed) == 1
     assert changed[0][1] == {"model": "resnet20", "sha256": hashlib.sha256(b"new resnet20 weights").hexdigest(),
                              "top1": "81.23", "recipe": "cifar10_campaign/binary.toml"}
+
+
+def test_only_binary_weight_steps_of_a_schedule_are_shippable():
+    import dataclasses
+
+    from larq_esbnn.train.recipe import Recipe
+    from zoo.cifar10_campaign import CAMPAIGN, shippable
+
+    steps = [dataclasses.asdict(s) for s in Recipe.load(CAMPAIGN / "binary.toml").steps]
+    assert [s["binary_weights"] for s in steps] == [False, True]
+    assert not shippable({"step": 1, "schedule": {"steps": steps}})
+    assert shippable({"step": 2, "schedule": {"steps": steps}})
+    teacher = [dataclasses.asdict(s) for s in Recipe.load(CAMPAIGN / "resnet20_fp.toml").steps]
+    assert shippable({"step": 1, "schedule": {"steps": teacher}})

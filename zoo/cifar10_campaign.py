@@ -83,6 +83,13 @@ def snapshot(model, runs):
     return position
 
 
+def shippable(position):
+    """Whether a snapshot's weights mean what the registered model computes with them:
+    not during a step with real-valued weights (``binary_weights = false``), whose
+    kernels the registered binary model would binarize."""
+    return position["schedule"]["steps"][position["step"] - 1].get("binary_weights", True)
+
+
 def ship(model, runs):
     """Ship the snapshot of ``model`` as ``MODEL.cifar10`` if it is better on all
     10,000 test images than the weights shipped now (paired comparison recorded
@@ -91,6 +98,11 @@ def ship(model, runs):
 
     folder = SNAPSHOTS / model
     position = json.loads((folder / "position.json").read_text())
+    if not shippable(position):
+        print(f"{model}: not shipped: the snapshot is in step {position['step']}, which trains real-valued "
+              f"weights; the registered model binarizes them, so it is evaluated from the first "
+              f"binary-weight step on")
+        return None
     new = correct_cached(runs, model, folder / "weights.h5", str(DATA))
     old_file = weights_lib.resolve(model, "cifar10")[0]
     old = correct_cached(runs, model, old_file, str(DATA))
