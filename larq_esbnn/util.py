@@ -7,13 +7,16 @@
   in the target's folder and ``os.replace`` it into place, so that a reader
   never sees half a file and a failure leaves none behind;
 - :func:`sha256_file`;
-- :func:`decode_image`: image bytes -> uint8 (height, width, 3) tensor.
+- :func:`decode_image`: image bytes -> uint8 (height, width, 3) tensor;
+- :func:`cpu_model`: the CPU model ``lscpu`` names, recorded with speed figures.
 """
 
 import contextlib
 import hashlib
 import os
 import pathlib
+import re
+import subprocess
 import tempfile
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,3 +80,14 @@ def decode_image(data):
     import tensorflow as tf
 
     return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def cpu_model():
+    """The CPU model as ``lscpu`` prints it ("unknown CPU" without ``lscpu``): speeds
+    differ between machines, so every speed figure is recorded with it."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    found = re.search(r"^Model name:\s*(.+)$", out, re.M)
+    return found.group(1).strip() if found else "unknown CPU"

@@ -1,5 +1,6 @@
 """Training, resuming, distribution, fine-tuning and evaluation (issue 6)."""
 
+import csv
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from larq_esbnn import cli, models
 from larq_esbnn.train import data as data_lib
 from larq_esbnn.train import trainer
 from larq_esbnn.train.recipe import Recipe, Step
+from larq_esbnn.util import cpu_model
 
 COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
 
@@ -364,15 +366,16 @@ def test_resume_from_a_committed_snapshot_when_the_run_folder_is_gone(folder, tm
     seen = []
     real_fit_step = trainer.fit_step
 
-    def record(student, step, index, train, test, out, recipe, strategy, teacher, resume_epoch, prefix, lr_offset):
+    def record(student, step, index, train, test, out, recipe, strategy, teacher, resume_epoch, prefix, lr_offset,
+               on_checkpoint):
         seen.append((index, resume_epoch, prefix, lr_offset, [w.numpy().copy() for w in student.weights]))
         return real_fit_step(student, step, index, train, test, out, recipe, strategy, teacher, resume_epoch,
-                             prefix, lr_offset)
+                             prefix, lr_offset, on_checkpoint)
 
     second = tmp_path / "second"
     trainer.fit_step = record
-    try:
-        trainer.train(recipe, second, resume=True)
+    try:  # the continued run refreshes the snapshot itself after its epoch
+        trainer.train(recipe, second, resume=True, write_snapshots=True)
     finally:
         trainer.fit_step = real_fit_step
     assert "continuing from the committed snapshot" in capsys.readouterr().out
@@ -381,11 +384,14 @@ def test_resume_from_a_committed_snapshot_when_the_run_folder_is_gone(folder, tm
     for got, want in zip(seen[0][4], snapshot_weights.weights):
         np.testing.assert_array_equal(got, want.numpy(), err_msg=want.name)
     assert json.loads((second / "state" / "latest.json").read_text())["lr_offset"] == steps_per_epoch
-    position = trainer.write_snapshot(second, snap)
+    position = json.loads((snap / "position.json").read_text())
     assert (position["step"], position["epoch"], position["epochs_done"]) == (2, 1, 3)
+    assert position["sha256"] == hashlib.sha256((second / "state" / "s2-e1.weights.h5").read_bytes()).hexdigest()
     history = (snap / "history.csv").read_text().splitlines()
     assert [line.split(",")[:3] for line in history[1:]] == [["1", "0", "1"], ["2", "0", "2"], ["2", "1", "3"]]
-    assert [line.split(",")[-2] for line in history[1:]] == ["first", "first", "second"]
+    rows = list(csv.DictReader(history))
+    assert [row["run"] for row in rows] == ["first", "first", "second"]
+    assert rows[-1]["note"].endswith(cpu_model())  # date and CPU of the run that wrote the snapshot
 
     other = Recipe(**{**recipe.__dict__, "steps": [Step(epochs=1, lr=1e-3, binary_weights=False),
                                                    Step(epochs=3, lr=1e-3)]})
@@ -395,6 +401,9 @@ def test_resume_from_a_committed_snapshot_when_the_run_folder_is_gone(folder, tm
     with pytest.raises(ValueError, match="sha256"):
         trainer.train(recipe, tmp_path / "fourth", resume=True)
     assert not (tmp_path / "fourth").exists()  # checked before any work
+    with pytest.raises(ValueError, match="needs a snapshot folder"):
+        trainer.train(Recipe(**{**recipe.__dict__, "snapshot": ""}), tmp_path / "fifth", write_snapshots=True)
+    assert not (tmp_path / "fifth").exists()
 
 
 def test_schedule_record_pins_the_teachers_weights(tmp_path):

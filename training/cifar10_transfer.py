@@ -30,24 +30,14 @@ import json
 import math
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
 
+from larq_esbnn import util
+
 ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def cpu_model():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def make_split(cifar10, target, classes):
@@ -174,7 +164,7 @@ def report(results, args, classes):
             pairs.append({"model": model_name, "pretrained_top1": a["top1"], "scratch_top1": b["top1"],
                           "difference": a["top1"] - b["top1"], "only_pretrained_right": only_a,
                           "only_scratch_right": only_b, "mcnemar_p": p, "n": a["n"]})
-    payload = {"issue": 33, "commits": commits, "command": command, "cpu": cpu_model(),
+    payload = {"issue": 33, "commits": commits, "command": command, "cpu": util.cpu_model(),
                "date": f"{datetime.date.today()}", "classes": classes, "image_size": 32,
                "runs": list(results.values()), "paired": pairs}
     atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")

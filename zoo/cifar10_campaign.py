@@ -25,12 +25,11 @@ import csv
 import datetime
 import json
 import pathlib
-import re
-import subprocess
 import sys
 
 import numpy as np
 
+from larq_esbnn.util import cpu_model
 from zoo.collect_cifar10 import PAIRED_HEADER, correct_cached, paired_row, write_generated
 from zoo.collect_cifar10 import ship as ship_weights
 
@@ -47,16 +46,6 @@ SCRIPT = "zoo/cifar10_campaign.py"
 
 def recipe_of(model):
     return "resnet20_fp.toml" if model == "resnet20_fp" else "binary.toml"
-
-
-def cpu_model():
-    """The CPU model as ``lscpu`` prints it (speeds differ between machines)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    found = re.search(r"^Model name:\s*(.+)$", out, re.M)
-    return found.group(1).strip() if found else "unknown CPU"
 
 
 def default_runs():

@@ -13,7 +13,6 @@ import argparse
 import json
 import pathlib
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from larq_esbnn.detection.data import load_split
 from larq_esbnn.detection.train import coco_map, load_run, predict_split
-from larq_esbnn.util import atomic_write_text
+from larq_esbnn.util import atomic_write_text, cpu_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ("ssd_resnet20", "es_ssd_resnet20")
@@ -58,9 +57,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     runs = pathlib.Path(args.runs).expanduser()
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu_model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
-    result = {"data": args.data, "split": args.split, "cpu": cpu_model, "models": {}}
+    result = {"data": args.data, "split": args.split, "cpu": cpu_model(), "models": {}}
     detections, split = {}, None
     for name in MODELS:
         model, run = load_run(runs / name)

@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import json
+import os
 import pathlib
 import shlex
 import shutil
@@ -127,6 +128,8 @@ def _train(args):
         recipe = recipe.with_epochs(args.epochs)
     if args.plain_training:
         recipe.fused_training = False
+    if args.snapshot_dir:
+        recipe.snapshot = os.path.abspath(args.snapshot_dir)
     if args.lr_scale != 1:
         for step in recipe.steps:
             step.lr *= args.lr_scale
@@ -143,7 +146,8 @@ def _train(args):
                      else f"step {i} {s.epochs} (real-valued model)" for i, s in enumerate(recipe.steps, 1))
     print(f"{recipe.model}: {sum(s.epochs for s in recipe.steps)} epochs: {plan}")
     with _run_folder(args.output, args.argv):
-        train(recipe, args.output, resume=args.resume, strategy=args.strategy)
+        train(recipe, args.output, resume=args.resume, strategy=args.strategy,
+              write_snapshots=bool(args.snapshot_dir))
 
 
 # fine-tuning without --recipe: one step, AdamW, no warm-up (trainer.finetune)
@@ -247,6 +251,10 @@ def add_commands(sub):
                    help="start the first step from these weights of MODEL (tag, file or URL), e.g. cifar10")
     p.add_argument("--output", required=True, help="run folder (checkpoints, logs, weights.h5)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--snapshot-dir", default=None, metavar="DIR",
+                   help="after every epoch, also write the committable snapshot (weights, position in the "
+                        "schedule, history) to DIR ({model}: the model name); --resume continues from it "
+                        "when --output is gone. Default: the recipe's snapshot folder, read only")
     p.add_argument("--overwrite", action="store_true",
                    help="write into an --output folder that holds other files (they may be replaced)")
     p.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "default"])

@@ -12,6 +12,8 @@ Output folder layout (``DIR``)::
 import contextlib
 import csv
 import dataclasses
+import datetime
+import functools
 import inspect
 import json
 import math
@@ -32,7 +34,7 @@ from larq_esbnn.layers import TemperatureBinaryConv2D, no_fused_training
 from larq_esbnn.models.common import walk_layers
 from larq_esbnn.train import data as data_lib
 from larq_esbnn.train.recipe import Recipe, Step
-from larq_esbnn.util import atomic_path, atomic_write_text
+from larq_esbnn.util import atomic_path, atomic_write_text, cpu_model
 
 NO_DECAY = ["bias", "gamma", "beta", "slope", "moving_"]
 # Batch of every inference pass (evaluate, the per-epoch test pass), whatever the
@@ -448,10 +450,11 @@ def scale_backbone_lr(optimizer, student, scale):
 
 
 def fit_step(student, step, step_index, train, test, out, recipe, strategy, teacher=None, resume_epoch=0, state=None,
-             lr_offset=0):
+             lr_offset=0, on_checkpoint=None):
     """Train ``student`` for one recipe step; checkpoint after every epoch. ``state``
     is a checkpoint prefix to restore (model + optimizer); ``lr_offset`` shifts the
-    learning-rate schedule (a run continued from a snapshot, see :func:`train`)."""
+    learning-rate schedule (a run continued from a snapshot, see :func:`train`);
+    ``on_checkpoint()`` runs after each epoch's checkpoint is written."""
     size = student.input_shape[1]
     steps_per_epoch = len(train.subset(recipe.train_limit)) // recipe.batch_size
     if steps_per_epoch < 1:
@@ -510,6 +513,8 @@ def fit_step(student, step, step_index, train, test, out, recipe, strategy, teac
                 f"stopped without saving this epoch{kept}. Lower the learning rate ({step.lr})."
             )
         store.save(student, optimizer, step_index, epoch, lr_offset)
+        if on_checkpoint is not None:
+            on_checkpoint()
     if schedule is not None and schedule.value is not None and schedule.value >= 1e-7:
         print(f"warning: the weight temperature ended at {schedule.value:.3g} >= 1e-7, so the binary "
               "convs still use real weights clip(W / T, -1, 1); train longer or lower "
@@ -752,9 +757,16 @@ def write_snapshot(run, folder, note=""):
     return position
 
 
-def train(recipe: Recipe, output, resume=False, strategy="auto"):
-    """Run every step of ``recipe`` into ``output``; returns the final metrics dict."""
+def train(recipe: Recipe, output, resume=False, strategy="auto", write_snapshots=False):
+    """Run every step of ``recipe`` into ``output``; returns the final metrics dict.
+
+    ``write_snapshots``: after every epoch's checkpoint, also refresh the snapshot in
+    the recipe's ``snapshot`` folder (:func:`write_snapshot`). Pointed at a folder of
+    the repository, a run whose machine is lost loses at most one epoch: the next
+    session continues from that snapshot."""
     out = pathlib.Path(output)
+    if write_snapshots and not recipe.snapshot_dir():
+        raise BadArgument("writing snapshots needs a snapshot folder (the recipe's `snapshot` or --snapshot-dir)")
     if recipe.backbone_lr_scale != 1:
         raise BadArgument(f"backbone_lr_scale = {recipe.backbone_lr_scale} is for fine-tuning recipes; run them with "
                           "`larq-esbnn finetune --recipe` (train starts every layer the same way)")
@@ -779,6 +791,10 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
         teacher = [load_teacher(t, model_args["input_shape"], train_split.num_classes) for t in recipe.teachers]
     else:
         teacher = load_teacher(recipe.teacher, model_args["input_shape"], train_split.num_classes)
+    on_checkpoint = None
+    if write_snapshots:
+        note = f"{datetime.date.today().isoformat()}, {cpu_model()}"
+        on_checkpoint = functools.partial(write_snapshot, out, recipe.snapshot_dir(), note=note)
     previous = None
     for index, step in enumerate(recipe.steps, start=1):
         weights_path = out / f"step{index}_weights.h5"
@@ -816,7 +832,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto"):
                 {"init_weights": recipe.init_weights, "file": str(loaded), "sha256": digest}, indent=2) + "\n")
             print(f"step {index} starts from {recipe.model} weights {recipe.init_weights!r} ({loaded}, sha256 {digest[:16]}...)")
         fit_step(student, step, index, train_split, test_split, out, recipe, strategy, teacher, resume_epoch, prefix,
-                 lr_offset)
+                 lr_offset, on_checkpoint)
         save_weights_atomic(student, weights_path)
         previous = weights_path
     if previous is None:

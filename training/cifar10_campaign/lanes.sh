@@ -10,7 +10,9 @@
 # its models train one after the other, each with
 #   larq-esbnn train MODEL --recipe <its campaign recipe> --output RUNS/MODEL --resume
 # which continues RUNS/MODEL from its last checkpoint, or, when that folder is gone,
-# from the committed snapshot (snapshots/MODEL) at its position of the schedule.
+# from the snapshot (snapshots/MODEL) at its position of the schedule. After every epoch
+# the lane refreshes that snapshot in THIS checkout (not the frozen copy), so a machine
+# lost mid-session costs at most one epoch: commit the snapshot folders before stopping.
 # A model whose run already ended (RUNS/MODEL/weights.h5) is skipped. Logs: RUNS/MODEL.log.
 # Environment: LANES, DATA (CIFAR-10 folder), LARQ_ESBNN_CACHE.
 set -euo pipefail
@@ -34,7 +36,8 @@ for lane in ${LANES:-resnet20_fp es_resnet20}; do
         [ "$model" = resnet20_fp ] && recipe=resnet20_fp.toml
         script+="[ -e '$runs/$model/weights.h5' ] || '$tree/.venv/bin/larq-esbnn' train $model "
         script+="--recipe '$tree/training/cifar10_campaign/$recipe' --data '$data' "
-        script+="--output '$runs/$model' --resume >> '$runs/$model.log' 2>&1; "
+        script+="--output '$runs/$model' --resume --snapshot-dir '$repo/training/cifar10_campaign/snapshots/$model' "
+        script+=">> '$runs/$model.log' 2>&1; "
     done
     cd "$tree"
     LARQ_ESBNN_QUIET=1 TF_NUM_INTRAOP_THREADS=${threads:-1} TF_NUM_INTEROP_THREADS=1 \
