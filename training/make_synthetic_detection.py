@@ -14,7 +14,9 @@ so the held-out split also has unseen objects. Output (the format of
     OUT/test/000000.jpg  ... OUT/test/boxes.csv
 
 Run: ``python training/make_synthetic_detection.py --seed 0`` (default OUT:
-``~/.cache/larq_esbnn/synthetic_detection``; about 25 MB for the defaults).
+``~/.cache/larq_esbnn/synthetic_detection``). The defaults write 4,503 files of
+about 25 MB in all (about 6 KB a JPEG), which take about 36 MB on disk as ``du``
+counts it (each file is rounded up to whole 4 KiB blocks).
 """
 
 import argparse

@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from larq_esbnn.util import cpu_model
+from larq_esbnn.util import atomic_write_text, cpu_model
 from zoo.collect_cifar10 import PAIRED_HEADER, correct_cached, paired_row, write_generated
 from zoo.collect_cifar10 import ship as ship_weights
 
@@ -108,9 +108,7 @@ def ship(model, runs):
                      f"campaign, {position['epochs_done']} of {position['epochs_total']} epochs")
     milestones = json.loads(MILESTONES.read_text()) if MILESTONES.exists() else []
     milestones.append(record)
-    tmp = MILESTONES.with_name(MILESTONES.name + ".tmp")
-    tmp.write_text(json.dumps(milestones, indent=2) + "\n")
-    tmp.replace(MILESTONES)
+    atomic_write_text(MILESTONES, json.dumps(milestones, indent=2) + "\n")
     verdict = "shipped" if better else "not shipped (not better than the shipped weights)"
     print(f"{model}: top-1 {100 * new.mean():.2f} % vs shipped {100 * old.mean():.2f} % "
           f"({100 * diff:+.2f} pt, 95 % [{100 * ci95[0]:+.2f}, {100 * ci95[1]:+.2f}]): {verdict}")

@@ -24,7 +24,6 @@ of a difference, not the spread between training seeds.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import sys
@@ -115,9 +114,8 @@ def ship(weights_file, model, top1, recipe=None, comment="", root=ROOT):
     from larq_esbnn import util
 
     dest = pathlib.Path(root) / "larq_esbnn" / "pretrained" / f"{model}_cifar10.h5"
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(weights_file, tmp)
-    os.replace(tmp, dest)
+    with util.atomic_path(dest) as tmp:
+        shutil.copyfile(weights_file, tmp)
     record = {"model": model, "sha256": util.sha256_file(dest), "top1": f"{100 * top1:.2f}",
               "recipe": recipe or "resnet20_cifar10.toml"}
     table = dest.parent / "trained_here.json"

@@ -1,6 +1,8 @@
 """Collect a round of continued training of the shipped CIFAR-10 weights.
 
-    python zoo/continue_cifar10.py RUNS [--round=_continue2] [--paired] [--ship]
+    python -m zoo.continue_cifar10 RUNS [--round=_continue2] [--paired] [--ship]
+
+(from the repository root, so that ``zoo`` imports as a package).
 
 A round trains each shipped ``MODEL.cifar10`` for more epochs with one recipe
 (``training/resnet20_cifar10_continue.toml``, ``init_weights = "cifar10"``), in
@@ -26,7 +28,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from collect_cifar10 import (  # noqa: E402  (the script's folder is on sys.path)
+
+from zoo.collect_cifar10 import (  # noqa: E402
     CONTINUED,
     MODELS,
     PAIRED_HEADER,

@@ -1,4 +1,4 @@
-"""Binary object detection: SSD heads with ES / G on the zoo's backbones (issue 31).
+"""Binary object detection: SSD heads with ES / G on the zoo's backbones.
 
 Importing this package registers the detectors (``ssd_resnet20``,
 ``es_ssd_resnet20``, ``ssdlite_reactnet_a``, ``es_ssdlite_reactnet_a``) in

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from larq_esbnn.errors import BadData
-from larq_esbnn.util import IMAGENET_MEAN, IMAGENET_STD
+from larq_esbnn.util import IMAGENET_MEAN, IMAGENET_STD, decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -176,7 +176,7 @@ def dataset(split, size, batch_size, training=False, seed=0):
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
 
     def load(path, b, lb):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = decode_image(tf.io.read_file(path))
         image = preprocess(image, size)
         if training:
             flip = tf.random.uniform(()) < 0.5

@@ -22,7 +22,7 @@ import tensorflow as tf
 from larq_esbnn import blocks, registry
 from larq_esbnn.detection.anchors import AnchorSpec, anchor_boxes, postprocess
 from larq_esbnn.errors import BadArgument
-from larq_esbnn.models.common import check_num_classes, finish
+from larq_esbnn.models.common import block_config, check_num_classes, finish
 
 layers = tf.keras.layers
 
@@ -96,11 +96,11 @@ def build_ssd(
     into the backbone before the head is added (ignored when ``weights`` is given).
     Levels ``head_from`` onwards (backbone maps, then extra layers) get a head.
     """
+    args = dict(locals())  # taken first, while it holds only the arguments
     check_num_classes(name, num_classes)
     if not isinstance(head_depth, int) or head_depth < 1 or not isinstance(extra_levels, int) or extra_levels < 0:
         raise BadArgument(f"{name}: head_depth must be >= 1 and extra_levels >= 0")
-    cfg = blocks.BlockConfig(tau=tau, groups=groups, pad_value=pad_value, symmetric=symmetric,
-                             binary_weights=binary_weights, bn_momentum=bn_momentum)
+    cfg = block_config(args)
     stages = registry.feature_info(backbone, tau=tau, groups=groups)
     picked = [stages[i] for i in out_indices]
     coarsest = picked[-1].reduction * 2**extra_levels

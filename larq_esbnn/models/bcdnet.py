@@ -58,6 +58,10 @@ def bcdnet_a(
     ``H // 2`` = 3 at 224 unless ``long_shift``), GAP, two dense heads
     (classification and distillation) averaged; ``heads=1`` keeps one.
 
+    ``models.get(name, features_only=True)`` returns the ReActNet-A stage ends b1, b3,
+    b5 and b9 at strides 2, 4, 8 and 16, then the last stage (block b10 and the binary
+    MLP stage, ending at its last block) at stride 32.
+
     Trainable parameters (224, 1000 classes, two heads): 46,146,384 for tau=1
     (the released definition). ``dynamic=True`` adds per conv-stage sign
     ``C_in^2/r + C_in/r`` (W1, b1) + ``C_in^2/r + C_in`` (W2, b2) +
@@ -165,6 +169,10 @@ def bcdnet_a_18(
     512 x 7 x 7 (default 3 x [3 shift + 1 point], as BCDNet-A: 9 MLP blocks
     replace the last three conv layers), GAP and two heads (``heads``).
     ``dynamic=True`` (bcdnet_b_18) adds contextual thresholds to the conv layers.
+
+    ``models.get(name, features_only=True)`` returns ReActNet-18's stem BN (stride 2)
+    and stage ends l3, l7 and l11 (strides 4, 8, 16), then stage 4 (layer l12 and the
+    MLP stage, ending at its last block) at stride 32.
 
     Trainable parameters: ReActNet-18's 11,704,424 minus the three removed layers
     (3 x (9*512*512 + 4*512) = 7,083,008) plus 12 MLP blocks (shift block:

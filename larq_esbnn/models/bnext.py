@@ -102,6 +102,11 @@ def bnext(
     when ``num_classes != 1000``; the torch importer follows that rule),
     ``unused_weights`` (keep the release's unused PReLUs, see the module doc).
 
+    ``models.get(name, features_only=True)`` returns the last block of each width: b1,
+    b3, b5, b11 and b13 (tiny, small), b1, b5, b9, b17 and b21 (middle), b1, b5, b9, b25
+    and b29 (large), at strides 2, 4, 8, 16 and 32 (half of each with
+    ``stem_strides=1``).
+
     Trainable parameters of tiny at 224 / 1000 classes, derived: binary convs
     \(\sum k^2 C^2\) = 28,253,184; per unit \(C\) move + \(4C\) BN + \(2C\)
     PReLU + \(C\) lambda + SE \(C^2/4 + C/8 + C\); stem 864 + 64 + 32 (unused

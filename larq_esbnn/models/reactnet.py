@@ -49,6 +49,10 @@ def reactnet_a(
     Outputs logits unless ``classifier_activation`` is set. ``include_top=False``
     returns the last feature map (7x7x1024*tau*groups at 224).
 
+    ``models.get(name, features_only=True)`` returns the ends of the five MobileNet-V1
+    stages, blocks b1, b3, b5, b11 and b13 at strides 2, 4, 8, 16 and 32 (64 to 1024
+    channels, times tau * groups).
+
     Trainable parameters at 224, 1000 classes: 29,343,592 (tau=1, the released
     definition); 30,432,072 for tau=2 (the Rep-ReActNet release): the binary
     kernels keep their size (C_in tau x C_out / tau), the real-valued per-channel
@@ -90,6 +94,10 @@ def reactnet_18(
     symmetrically as PyTorch). Four stages of 4 basic layers (64, 128, 256, 512),
     stride 2 at the first layer of stages 2-4 with an AvgPool + real 1x1 + BN
     shortcut. Head: GAP -> dense.
+
+    ``models.get(name, features_only=True)`` returns the stem's BN (stride 2, before the
+    max pool) and the ends of the four stages, layers l3, l7, l11 and l15 at strides 4,
+    8, 16 and 32.
 
     Trainable parameters (224, 1000 classes): 11,704,424 for tau=1 (released
     definition). With ES the binary kernels keep their size; per-channel

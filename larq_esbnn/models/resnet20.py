@@ -35,6 +35,10 @@ def resnet20(
     6 basic layers (18 binary 3x3 convs), stride 2 at the first layer of stages 2
     and 3 (AvgPool + real 1x1 + BN shortcut), GAP -> dense.
 
+    ``models.get(name, features_only=True)`` returns the stem (its BN, or the tiling of
+    it when tau * groups > 1) and the ends of the three stages, layers l5, l11 and l17,
+    at strides 1, 1, 2 and 4.
+
     Trainable parameters (10 classes): the binary 3x3 kernels total
     9 (16*16*6 + 16*32 + 32*32*5 + 32*64 + 64*64*5) = 267,264 whatever tau and
     groups are (ES: C_in tau x C_out / tau; G: g groups of C_in tau x C_out/(tau g));
@@ -69,6 +73,9 @@ def resnet20_fp(
     64 times ``width``) of 3 basic blocks (two 3x3 convs each), stride 2 at the
     first block of stages 2 and 3 with an AvgPool + 1x1 conv + BN shortcut, GAP ->
     dense. Used as the distillation teacher of the binary ResNet-20 family.
+
+    ``models.get(name, features_only=True)`` returns the stem's ReLU and the ends of the
+    three stages, blocks l2, l5 and l8, at strides 1, 1, 2 and 4.
 
     Trainable parameters at width 1, 10 classes: 3x3 convs 9 (3*16 + 16*16*6 +
     16*32 + 32*32*5 + 32*64 + 64*64*5) = 267,696, shortcuts 16*32 + 32*64 = 2,560,

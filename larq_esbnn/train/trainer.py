@@ -757,6 +757,20 @@ def write_snapshot(run, folder, note=""):
     return position
 
 
+def _start_run(recipe, strategy):
+    """What :func:`train` and :func:`finetune_recipe` do first, in this order: pick the
+    distribution strategy (a name is resolved by :func:`choose_strategy`), seed every
+    generator with ``recipe.seed``, load both splits of ``recipe.data`` and check that
+    they agree, and choose the input size (the recipe's, else the model's default).
+    Returns (strategy, train split, test split, size)."""
+    strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
+    tf.keras.utils.set_random_seed(recipe.seed)
+    train_split = data_lib.load(recipe.data, "train")
+    test_split = data_lib.load(recipe.data, "test")
+    data_lib.check_splits(train_split, test_split)
+    return strategy, train_split, test_split, recipe.image_size or models.entry(recipe.model).input_size
+
+
 def train(recipe: Recipe, output, resume=False, strategy="auto", write_snapshots=False):
     """Run every step of ``recipe`` into ``output``; returns the final metrics dict.
 
@@ -780,12 +794,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto", write_snapshots
         print(f"--resume: {out} holds no checkpoint and the recipe no snapshot to continue; starting a new run")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "recipe.json", recipe.to_json())
-    strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
-    tf.keras.utils.set_random_seed(recipe.seed)
-    train_split = data_lib.load(recipe.data, "train")
-    test_split = data_lib.load(recipe.data, "test")
-    data_lib.check_splits(train_split, test_split)
-    size = recipe.image_size or models.entry(recipe.model).input_size
+    strategy, train_split, test_split, size = _start_run(recipe, strategy)
     model_args = {**recipe.model_args, "num_classes": train_split.num_classes, "input_shape": (size, size, 3)}
     if recipe.teachers:
         teacher = [load_teacher(t, model_args["input_shape"], train_split.num_classes) for t in recipe.teachers]
@@ -927,12 +936,7 @@ def finetune_recipe(recipe, weights, output, resume=False, strategy="auto"):
                               "scratch every layer must train")
         print(f"from scratch: every layer is new, so backbone_lr_scale {recipe.backbone_lr_scale} is not applied")
         recipe = dataclasses.replace(recipe, backbone_lr_scale=1.0)
-    strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
-    tf.keras.utils.set_random_seed(recipe.seed)
-    train_split = data_lib.load(recipe.data, "train")
-    test_split = data_lib.load(recipe.data, "test")
-    data_lib.check_splits(train_split, test_split)
-    size = recipe.image_size or models.entry(recipe.model).input_size
+    strategy, train_split, test_split, size = _start_run(recipe, strategy)
     recipe = dataclasses.replace(recipe, image_size=size)
     step = recipe.steps[0]
     args = {**recipe.model_args, "input_shape": (size, size, 3), **_step_args(recipe.model, step)}
