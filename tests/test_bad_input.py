@@ -270,7 +270,7 @@ def test_train_resume_without_an_earlier_run_says_so(capsys, tmp_path, folder, m
     from larq_esbnn.train import trainer
 
     calls = []
-    monkeypatch.setattr(trainer, "train", lambda recipe, out, resume, strategy: calls.append(resume))
+    monkeypatch.setattr(trainer, "train", lambda recipe, out, resume, strategy, write_snapshots: calls.append(resume))
     code, _, err = run(capsys, "train", "resnet20", "--data", folder, "--output", tmp_path / "run", "--resume")
     assert code == 0 and calls == [True]
     assert "no earlier run" in err and "starting a fresh run" in err
