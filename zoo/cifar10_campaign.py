@@ -131,8 +131,8 @@ def report():
 
     lines = ["### Progress (per-epoch test top-1 on the fixed 2,000-image subset)", "",
              "| model | recipe | epochs done / planned | last test top-1 (2,000) | best | top-5 | "
-             "images/s (median, last session) | wall time so far | sessions |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "images/s (median, last run) | wall time so far |",
+             "|---|---|---|---|---|---|---|---|"]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.5))
     for model in MODELS:
         rows = history(model)
@@ -148,8 +148,7 @@ def report():
         wall = sum(_float(r, "epoch_time_sec") for r in rows)
         lines.append(f"| `{model}` | `{recipe_of(model)}` | {position['epochs_done']} / {position['epochs_total']} | "
                      f"{acc[-1]:.2f} % | {max(acc):.2f} % | {100 * _float(rows[-1], 'val_top5'):.2f} % | "
-                     f"{np.median(speeds):.0f} ({rows[-1].get('note', '')}) | {wall / 3600:.1f} h | "
-                     f"{len({r['run'] + r.get('note', '') for r in rows})} |")
+                     f"{np.median(speeds):.0f} ({rows[-1].get('note', '')}) | {wall / 3600:.1f} h |")
     milestones = json.loads(MILESTONES.read_text()) if MILESTONES.exists() else []
     if milestones:
         lines += ["", "### Milestones (all 10,000 test images, paired with the weights shipped then)", "",
