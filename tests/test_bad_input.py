@@ -442,3 +442,12 @@ def test_commands_hide_tensorflow_start_up_lines(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "resnet20" in done.stdout
     assert done.stderr == "", done.stderr
+
+
+def test_snapshot_dir_that_cannot_be_created(capsys, tmp_path, folder):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "run"
+    fails(capsys, ["train", "resnet20", "--data", folder, "--output", out, "--snapshot-dir", blocker / "snap"],
+          "--snapshot-dir", "cannot create")
+    assert not out.exists()

@@ -130,6 +130,13 @@ def _train(args):
         recipe.fused_training = False
     if args.snapshot_dir:
         recipe.snapshot = os.path.abspath(args.snapshot_dir)
+        folder = pathlib.Path(recipe.snapshot_dir())
+        try:  # checked before any work: a snapshot is first written after an epoch
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BadArgument(f"--snapshot-dir {args.snapshot_dir}: cannot create {folder} ({err.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise BadArgument(f"--snapshot-dir {args.snapshot_dir}: {folder} is not writable")
     if args.lr_scale != 1:
         for step in recipe.steps:
             step.lr *= args.lr_scale
