@@ -6,11 +6,12 @@ import random
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import larq_esbnn  # noqa: E402,F401  (first, as a user would: it configures TensorFlow)
+
+# isort: split
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import larq_esbnn  # noqa: E402,F401
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 CIFAR10 = pathlib.Path(os.environ.get("LARQ_ESBNN_CIFAR10", SHARED / "datasets" / "cifar10"))
