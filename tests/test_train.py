@@ -391,7 +391,8 @@ def test_resume_from_a_committed_snapshot_when_the_run_folder_is_gone(folder, tm
     assert [line.split(",")[:3] for line in history[1:]] == [["1", "0", "1"], ["2", "0", "2"], ["2", "1", "3"]]
     rows = list(csv.DictReader(history))
     assert [row["run"] for row in rows] == ["first", "first", "second"]
-    assert rows[-1]["note"].endswith(cpu_model())  # date and CPU of the run that wrote the snapshot
+    # date, CPU and kernels of the run that wrote the snapshot
+    assert rows[-1]["note"].endswith(f"{cpu_model()}, {trainer.kernels()}")
 
     other = Recipe(**{**recipe.__dict__, "steps": [Step(epochs=1, lr=1e-3, binary_weights=False),
                                                    Step(epochs=3, lr=1e-3)]})

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.util import _pywrap_util_port
 
 from larq_esbnn import models
 from larq_esbnn import weights as weights_lib
@@ -710,6 +711,13 @@ def _history_rows(path):
         return list(csv.DictReader(f))
 
 
+def kernels():
+    """Which CPU kernels this process's TensorFlow runs: ``"oneDNN"`` (``import
+    larq_esbnn`` turns them on unless ``TF_ENABLE_ONEDNN_OPTS`` was set) or
+    ``"default kernels"``; recorded with the speeds, which differ by 1.6-2x."""
+    return "oneDNN" if _pywrap_util_port.IsMklEnabled() else "default kernels"
+
+
 def write_snapshot(run, folder, note=""):
     """Commit-ready snapshot of run folder ``run`` into ``folder``: the student's
     weights at its last checkpoint (``weights.h5``), ``position.json`` (step and
@@ -802,7 +810,7 @@ def train(recipe: Recipe, output, resume=False, strategy="auto", write_snapshots
         teacher = load_teacher(recipe.teacher, model_args["input_shape"], train_split.num_classes)
     on_checkpoint = None
     if write_snapshots:
-        note = f"{datetime.date.today().isoformat()}, {cpu_model()}"
+        note = f"{datetime.date.today().isoformat()}, {cpu_model()}, {kernels()}"
         on_checkpoint = functools.partial(write_snapshot, out, recipe.snapshot_dir(), note=note)
     previous = None
     for index, step in enumerate(recipe.steps, start=1):
