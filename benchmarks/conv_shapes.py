@@ -14,8 +14,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
-import tensorflow as tf
+import larq_esbnn  # noqa: E402,F401  (first: the kernels the package selects, oneDNN unless TF_ENABLE_ONEDNN_OPTS is set)
+
+# isort: split
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 SHAPES = [("resnet20 stage 1", 32, 16, 16), ("es_resnet20 stage 1", 32, 32, 8),
           ("resnet20 stage 2", 16, 32, 32), ("es_resnet20 stage 2", 16, 64, 16),

@@ -25,8 +25,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(args.threads)
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # Keras 2 (larq), before TensorFlow loads
 
+    import larq_esbnn  # noqa: F401  (first: Keras 2 and oneDNN, before TensorFlow loads)
+
+    # isort: split
     import numpy as np
     import tensorflow as tf
 
